@@ -1,0 +1,160 @@
+"""Audio in and out: decoding clips to a fixed length and rate, the log-mel transform and its inverse.
+
+The forward transform is librosa's; the inverse (mel -> linear power -> Griffin-Lim) runs in torch
+so that a whole batch of generated spectrograms is inverted at once, on the GPU when there is one.
+Both use the same STFT settings, so an inverted clip maps back to (nearly) the same spectrogram.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+
+from core.errors import UserError
+
+
+class BadAudioError(UserError):
+    """A clip that cannot be used; the message names the file and the reason."""
+
+
+def decode_audio(source: str | os.PathLike | bytes, sample_rate: int, seconds: float, name: str = "") -> np.ndarray:
+    """Read a clip as mono float32 at `sample_rate`, padded with silence or trimmed to `seconds`.
+
+    Fixed here: other sample rates (resampled with soxr), several channels (averaged), other
+    lengths (padded or trimmed). Rejected, naming the file: unreadable, empty or truncated files,
+    non-finite samples, pure silence.
+    """
+    name = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
+    try:
+        handle = io.BytesIO(source) if isinstance(source, bytes) else source
+        samples, native_rate = soundfile.read(handle, dtype="float32", always_2d=True)
+    except FileNotFoundError:
+        raise BadAudioError(f"audio file not found: {name}") from None
+    except Exception as error:  # soundfile raises LibsndfileError/RuntimeError with varying texts
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise BadAudioError(f"cannot decode audio file {name}: {reason}") from None
+    if samples.shape[0] == 0:
+        raise BadAudioError(f"audio file {name} is empty (0 samples)")
+    if not np.isfinite(samples).all():
+        raise BadAudioError(f"audio file {name} contains NaN or infinite samples")
+    mono = samples.mean(axis=1)
+    if not np.any(mono):
+        raise BadAudioError(f"audio file {name} is pure silence")
+    if native_rate != sample_rate:
+        import soxr  # imported here: only needed when rates differ
+
+        mono = soxr.resample(mono, native_rate, sample_rate, quality="HQ").astype(np.float32)
+    return fix_length(mono, round(sample_rate * seconds))
+
+
+def fix_length(samples: np.ndarray, length: int) -> np.ndarray:
+    if samples.shape[-1] >= length:
+        return np.ascontiguousarray(samples[..., :length])
+    pad = [(0, 0)] * (samples.ndim - 1) + [(0, length - samples.shape[-1])]
+    return np.pad(samples, pad)
+
+
+def write_wav_atomic(path: str | os.PathLike, samples: np.ndarray, sample_rate: int) -> None:
+    """Write a 16-bit WAV under a temporary name, then rename: no half-written clip is ever seen."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    soundfile.write(temporary, np.clip(samples, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+    os.replace(temporary, path)
+
+
+@dataclass(frozen=True)
+class MelSettings:
+    sample_rate: int = 22050
+    clip_seconds: float = 5.0
+    resolution: int = 64
+    n_fft: int = 0
+    top_db: float = 80.0
+
+    @property
+    def clip_samples(self) -> int:
+        return round(self.sample_rate * self.clip_seconds)
+
+    @property
+    def hop_length(self) -> int:
+        # With centred frames librosa yields 1 + samples // hop frames; this hop gives exactly
+        # `resolution` frames spanning the whole clip (teticio's 64x64 setting covers only 2.97 s).
+        return math.ceil(self.clip_samples / self.resolution)
+
+    @property
+    def window_length(self) -> int:
+        if self.n_fft:
+            return self.n_fft
+        # Griffin-Lim needs overlapping windows: at least two hops, rounded to a power of two.
+        return max(1024, 1 << math.ceil(math.log2(2 * self.hop_length)))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> MelSettings:
+        return cls(**json.loads(text))
+
+
+class MelTransform:
+    """Clip <-> log-mel spectrogram in [0, 1], shape (resolution, resolution): mel bins x frames."""
+
+    def __init__(self, settings: MelSettings):
+        import librosa
+
+        self.settings = settings
+        self._filters = librosa.filters.mel(
+            sr=settings.sample_rate, n_fft=settings.window_length, n_mels=settings.resolution
+        ).astype(np.float32)
+
+    def spectrogram(self, samples: np.ndarray) -> np.ndarray:
+        """Log-mel of one clip (or a batch, leading axes kept), scaled so 0 = -top_db below the peak."""
+        import librosa
+
+        s = self.settings
+        samples = fix_length(np.asarray(samples, dtype=np.float32), s.clip_samples)
+        stft = librosa.stft(samples, n_fft=s.window_length, hop_length=s.hop_length, center=True)
+        power = np.abs(stft) ** 2
+        mel = np.einsum("mf,...ft->...mt", self._filters, power)[..., : s.resolution]
+        # Per-clip peak reference, as teticio's Mel: loudness is not what the model should learn.
+        peak = np.maximum(mel.max(axis=(-2, -1), keepdims=True), 1e-10)
+        db = 10.0 * np.log10(np.maximum(mel, 1e-10) / peak)
+        return ((np.maximum(db, -s.top_db) + s.top_db) / s.top_db).astype(np.float32)
+
+    def audio(self, spectrograms: torch.Tensor | np.ndarray, iterations: int = 32, seed: int = 0) -> np.ndarray:
+        """Invert a batch (B, R, R) or one (R, R) spectrogram in [0, 1] to clips of exactly clip_seconds."""
+        import torchaudio
+
+        s = self.settings
+        batch = torch.as_tensor(spectrograms, dtype=torch.float32)
+        single = batch.dim() == 2
+        batch = batch[None] if single else batch
+        device = batch.device
+        db = batch.clamp(0, 1) * s.top_db - s.top_db
+        mel_power = torch.pow(10.0, db / 10.0)
+        # Least-squares inverse of the mel filter bank, clamped to valid (non-negative) power.
+        filters = torch.from_numpy(self._filters).to(device)
+        pinv = torch.linalg.pinv(filters)
+        linear_power = (pinv @ mel_power).clamp_min(0.0)
+        frames = 1 + s.clip_samples // s.hop_length
+        if linear_power.shape[-1] < frames:  # the forward transform dropped trailing frames
+            linear_power = torch.nn.functional.pad(linear_power, (0, frames - linear_power.shape[-1]), mode="replicate")
+        griffin_lim = torchaudio.transforms.GriffinLim(
+            n_fft=s.window_length, hop_length=s.hop_length, power=2.0, n_iter=iterations, length=s.clip_samples
+        ).to(device)
+        # Griffin-Lim starts from random phase: seed it without disturbing the caller's RNG
+        # (training samples mid-run and must stay bit-for-bit resumable).
+        with torch.random.fork_rng(devices=[]), torch.inference_mode():
+            torch.manual_seed(seed)
+            clips = griffin_lim(linear_power)
+        peak = clips.abs().amax(dim=-1, keepdim=True).clamp_min(1e-8)
+        clips = (clips / peak * 0.9).cpu().numpy()  # the spectrogram carries no absolute loudness
+        return clips[0] if single else clips

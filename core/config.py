@@ -1,0 +1,222 @@
+"""The one config object: dataclasses, loaded from YAML with dotted command-line overrides.
+
+OmegaConf does the parsing and type checking (unknown keys and wrong types are rejected);
+`validate` adds the checks a type cannot express (a loss name, a power of two, ...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from core.errors import UserError
+
+# The study's default data source sits beside the project (see README); users point
+# `data.source` at the full ESC-50 folder or a hub dataset id.
+DEFAULT_SOURCE = str(Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "esc50-mini")
+
+
+@dataclass
+class DataConfig:
+    source: str = DEFAULT_SOURCE  # ESC-50 folder (audio/ + meta/esc50.csv) or a hub dataset id
+    hub_split: str = "train"  # split to read when `source` is a hub dataset id
+    folds: list[int] = field(default_factory=list)  # folds to train on; empty = every fold
+    sample_rate: int = 22050
+    clip_seconds: float = 5.0
+    resolution: int = 64  # mel bins = time frames = resolution; the frames span the whole clip
+    n_fft: int = 0  # 0 = the smallest power of two >= 2 hops, so windows overlap by half
+    top_db: float = 80.0
+    normalize: bool = True  # True: [-1, 1] (diffusers/Palette); False: [0, 1] (the ablation)
+    cache_dir: str = ".cache/spectrograms"
+    shuffle_buffer: int = 1000
+    preprocess_workers: int = 0  # 0 = one per CPU core
+
+
+@dataclass
+class ModelConfig:
+    block_channels: list[int] = field(default_factory=lambda: [64, 128, 256, 256])
+    layers_per_block: int = 2
+    attention: bool = True  # False removes every attention block, the mid-block's included
+    attention_levels: int = 2  # how many of the lowest-resolution levels get attention
+    attention_head_dim: int = 8
+    norm_groups: int = 32
+    dropout: float = 0.0
+    class_dropout: float = 0.0  # > 0 trains a null class for classifier-free guidance
+
+
+@dataclass
+class TrainConfig:
+    loss: str = "l2"  # l1 | l2
+    max_steps: int = 20000
+    batch_size: int = 16  # per process
+    gradient_accumulation: int = 1
+    learning_rate: float = 1e-4
+    warmup_steps: int = 500
+    weight_decay: float = 1e-6
+    adam_beta1: float = 0.95
+    adam_beta2: float = 0.999
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"  # no | fp16 | bf16
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"
+    ema_decay: float = 0.9999
+    ema_power: float = 0.75
+    checkpoint_every: int = 1000
+    checkpoints_keep: int = 3
+    log_every: int = 10
+    sample_every: int = 0  # 0 = only at the end
+    sample_classes: list[int] = field(default_factory=lambda: [0, 10, 20, 30, 40])
+    dataloader_workers: int = 0
+
+
+@dataclass
+class SampleConfig:
+    scheduler: str = "ddim"  # ddim | ddpm
+    steps: int = 50
+    guidance_scale: float = 1.0  # 1.0 = plain conditional sampling, as in the study
+    batch_size: int = 32
+    griffin_lim_iters: int = 32
+
+
+@dataclass
+class TrackingConfig:
+    experiment: str = "esc50-diffusion"
+    run_name: str = ""
+    # Empty: MLFLOW_TRACKING_URI if set, else MLflow's own default (./mlflow.db).
+    tracking_uri: str = ""
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    output_dir: str = MISSING
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file <- dotted overrides (`train.loss=l1`), then validated."""
+    merged = OmegaConf.structured(Config)
+    try:
+        if path is not None:
+            if not Path(path).is_file():
+                raise UserError(f"config file not found: {path}")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        if overrides:
+            _check_override_syntax(overrides)
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        if OmegaConf.is_missing(merged, "output_dir"):
+            raise UserError("config key 'output_dir' is required (set it in the YAML or as output_dir=DIR)")
+        config: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as error:
+        raise UserError(_describe_omegaconf_error(error, path)) from None
+    validate(config)
+    return config
+
+
+def _check_override_syntax(overrides: list[str]) -> None:
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise UserError(f"override '{item}' is not of the form key=value")
+
+
+def _describe_omegaconf_error(error: OmegaConfBaseException, path: Any) -> str:
+    key = getattr(error, "full_key", None) or "?"
+    where = f" in {path}" if path else ""
+    first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return f"invalid config key '{key}'{where}: {first_line}"
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise UserError(f"invalid config key '{key}': {message}")
+
+
+def validate(config: Config) -> None:
+    """Checks that types cannot express; each error names its key."""
+    data, model, train, sample = config.data, config.model, config.train, config.sample
+    _require(data.sample_rate >= 4000, "data.sample_rate", f"{data.sample_rate} Hz is too low")
+    _require(data.clip_seconds > 0, "data.clip_seconds", "must be positive")
+    levels = len(model.block_channels)
+    _require(levels >= 1, "model.block_channels", "needs at least one level")
+    _require(
+        data.resolution >= 8 and data.resolution & (data.resolution - 1) == 0,
+        "data.resolution",
+        f"{data.resolution} is not a power of two >= 8 (the UNet halves it per level)",
+    )
+    _require(
+        data.resolution >> (levels - 1) >= 2,
+        "data.resolution",
+        f"{data.resolution} is too small for {levels} UNet levels",
+    )
+    _require(data.n_fft == 0 or data.n_fft >= 16, "data.n_fft", "must be 0 (automatic) or >= 16")
+    _require(data.top_db > 0, "data.top_db", "must be positive")
+    _require(data.shuffle_buffer >= 1, "data.shuffle_buffer", "must be >= 1")
+    _require(all(1 <= f <= 5 for f in data.folds), "data.folds", "ESC-50 folds are 1..5")
+    _require(all(c > 0 for c in model.block_channels), "model.block_channels", "must be positive")
+    _require(
+        all(c % model.norm_groups == 0 for c in model.block_channels),
+        "model.norm_groups",
+        f"{model.norm_groups} must divide every entry of model.block_channels {model.block_channels}",
+    )
+    _require(model.layers_per_block >= 1, "model.layers_per_block", "must be >= 1")
+    _require(0 <= model.attention_levels <= levels, "model.attention_levels", f"must be in 0..{levels}")
+    _require(0.0 <= model.class_dropout < 1.0, "model.class_dropout", "must be in [0, 1)")
+    _require(train.loss in ("l1", "l2"), "train.loss", f"'{train.loss}' is not one of l1, l2")
+    _require(
+        train.mixed_precision in ("no", "fp16", "bf16"),
+        "train.mixed_precision",
+        f"'{train.mixed_precision}' is not one of no, fp16, bf16",
+    )
+    for key in ("max_steps", "batch_size", "gradient_accumulation", "checkpoint_every", "log_every"):
+        _require(getattr(train, key) >= 1, f"train.{key}", "must be >= 1")
+    _require(train.checkpoints_keep >= 1, "train.checkpoints_keep", "must be >= 1")
+    _require(train.sample_every >= 0, "train.sample_every", "must be >= 0")
+    _require(train.learning_rate > 0, "train.learning_rate", "must be positive")
+    _require(train.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+    _require(0 < train.ema_decay < 1, "train.ema_decay", "must be in (0, 1)")
+    _require(train.num_train_timesteps >= 2, "train.num_train_timesteps", "must be >= 2")
+    _require(all(0 <= c < 50 for c in train.sample_classes), "train.sample_classes", "classes are 0..49")
+    _require(sample.scheduler in ("ddim", "ddpm"), "sample.scheduler", f"'{sample.scheduler}' is not ddim or ddpm")
+    _require(sample.steps >= 1, "sample.steps", "must be >= 1")
+    _require(sample.batch_size >= 1, "sample.batch_size", "must be >= 1")
+    _require(sample.griffin_lim_iters >= 1, "sample.griffin_lim_iters", "must be >= 1")
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)  # type: ignore[return-value]
+
+
+def to_yaml(config: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def flatten(config: Config) -> dict[str, Any]:
+    """`{"train.loss": "l2", ...}`: the form MLflow params and sweep axes use."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(f"{prefix}{key}.", value)
+        else:
+            flat[prefix[:-1]] = node
+
+    walk("", to_dict(config))
+    return flat
+
+
+def config_hash(config: Config, exclude: tuple[str, ...] = ("output_dir", "tracking.run_name")) -> str:
+    """A short stable hash of everything that changes the result (not where it is written)."""
+    items = {k: v for k, v in flatten(config).items() if k not in exclude}
+    return hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()[:12]

@@ -1,0 +1,35 @@
+"""The one error type users see, and the exit code it maps to."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+USER_ERROR_EXIT_CODE = 2
+
+T = TypeVar("T")
+
+
+class UserError(Exception):
+    """Bad input (a file, a key, a value) that the user can fix.
+
+    The message is one line and names the culprit; entry points print it and exit 2
+    instead of showing a traceback.
+    """
+
+
+def exit_on_user_error(main: Callable[..., T]) -> Callable[..., T]:
+    """Wrap an entry point so that a `UserError` prints one line and exits with code 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as error:
+            message = " ".join(str(error).split())  # keep it on one line
+            print(f"error: {message}", file=sys.stderr)
+            raise SystemExit(USER_ERROR_EXIT_CODE) from None
+
+    return wrapper

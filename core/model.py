@@ -1,0 +1,39 @@
+"""The network: a diffusers `UNet2DModel` whose class embedding joins the time embedding."""
+
+from __future__ import annotations
+
+from diffusers import UNet2DModel
+
+from core.config import ModelConfig
+from core.esc50 import NUM_CLASSES
+
+
+def num_class_embeddings(model: ModelConfig, num_classes: int = NUM_CLASSES) -> int:
+    # Classifier-free guidance needs one more embedding: the "no class" label, index num_classes.
+    return num_classes + (1 if model.class_dropout > 0 else 0)
+
+
+def build_unet(model: ModelConfig, resolution: int, num_classes: int = NUM_CLASSES) -> UNet2DModel:
+    """A one-channel UNet over (resolution x resolution) spectrograms.
+
+    Attention sits at the `attention_levels` lowest resolutions and in the mid-block, as in the
+    diffusers unconditional example; `attention=False` removes all of it (the study's ablation).
+    """
+    levels = len(model.block_channels)
+    with_attention = [model.attention and level >= levels - model.attention_levels for level in range(levels)]
+    down_blocks = tuple("AttnDownBlock2D" if attn else "DownBlock2D" for attn in with_attention)
+    up_blocks = tuple("AttnUpBlock2D" if attn else "UpBlock2D" for attn in reversed(with_attention))
+    return UNet2DModel(
+        sample_size=resolution,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=model.layers_per_block,
+        block_out_channels=tuple(model.block_channels),
+        down_block_types=down_blocks,
+        up_block_types=up_blocks,
+        add_attention=model.attention,
+        attention_head_dim=model.attention_head_dim,
+        norm_num_groups=model.norm_groups,
+        dropout=model.dropout,
+        num_class_embeds=num_class_embeddings(model, num_classes),
+    )

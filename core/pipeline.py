@@ -1,0 +1,162 @@
+"""A trained model as one folder, and class-conditional sampling from it.
+
+Folder layout (written by training, read by generation, evaluation and sweeps):
+    unet/        diffusers `save_pretrained` (config.json + safetensors weights)
+    scheduler/   the training noise schedule (DDPM config; DDIM reads the same)
+    audio.json   mel settings, normalization, class names, guidance support, MLflow run id
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from tqdm.auto import tqdm
+
+from core.audio import MelSettings
+from core.errors import UserError
+from core.esc50 import ESC50_CATEGORIES
+
+MODEL_MANIFEST = "audio.json"
+
+
+@dataclass
+class DiffusionModel:
+    unet: UNet2DModel
+    noise_schedule: dict
+    mel: MelSettings
+    normalize: bool
+    categories: list[str] = field(default_factory=lambda: list(ESC50_CATEGORIES))
+    null_class: int | None = None  # the label trained as "no class" (classifier-free guidance)
+    mlflow_run_id: str = ""
+
+    def save(self, folder: str | os.PathLike) -> None:
+        """Write under a temporary name, then swap it in: a reader never sees half a model."""
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            self.unet.save_pretrained(staging / "unet", safe_serialization=True)
+            DDPMScheduler.from_config(self.noise_schedule).save_pretrained(staging / "scheduler")
+            manifest = {
+                "mel": json.loads(self.mel.to_json()),
+                "normalize": self.normalize,
+                "categories": self.categories,
+                "null_class": self.null_class,
+                "mlflow_run_id": self.mlflow_run_id,
+            }
+            (staging / MODEL_MANIFEST).write_text(json.dumps(manifest, indent=2))
+            if folder.exists():
+                retired = folder.with_name(f".{folder.name}.old")
+                shutil.rmtree(retired, ignore_errors=True)
+                os.replace(folder, retired)
+                os.replace(staging, folder)
+                shutil.rmtree(retired, ignore_errors=True)
+            else:
+                os.replace(staging, folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, device: str | torch.device = "cpu") -> DiffusionModel:
+        folder = Path(folder)
+        manifest_path = folder / MODEL_MANIFEST
+        if not manifest_path.is_file():
+            raise UserError(
+                f"{folder} is not a saved model (no {MODEL_MANIFEST}; expected unet/, scheduler/, audio.json)"
+            )
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            unet = UNet2DModel.from_pretrained(folder / "unet", use_safetensors=True)
+            schedule = dict(DDPMScheduler.from_pretrained(folder / "scheduler").config)
+        except Exception as error:
+            reason = " ".join(str(error).split())[:300]
+            raise UserError(f"cannot load the model in {folder}: {reason}") from None
+        return cls(
+            unet=unet.to(device).eval(),
+            noise_schedule=schedule,
+            mel=MelSettings(**manifest["mel"]),
+            normalize=manifest["normalize"],
+            categories=manifest["categories"],
+            null_class=manifest.get("null_class"),
+            mlflow_run_id=manifest.get("mlflow_run_id", ""),
+        )
+
+
+def resolve_model_folder(model: str) -> Path:
+    """A training output_dir, a saved model folder, or an MLflow URI (`runs:/ID/model`, `models:/...`)."""
+    if "://" in model or model.startswith(("runs:/", "models:/")):
+        import mlflow
+
+        try:
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=model))
+        except Exception as error:
+            raise UserError(
+                f"cannot download model {model} from MLflow: {' '.join(str(error).split())[:300]}"
+            ) from None
+    path = Path(model).expanduser()
+    if (path / MODEL_MANIFEST).is_file():
+        return path
+    if (path / "model" / MODEL_MANIFEST).is_file():
+        return path / "model"
+    raise UserError(f"no model at {model}: give a training output_dir, a saved model folder or an MLflow URI")
+
+
+def make_scheduler(noise_schedule: dict, name: str, steps: int) -> DDPMScheduler | DDIMScheduler:
+    scheduler_class = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}[name]
+    scheduler = scheduler_class.from_config(noise_schedule)
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+@torch.inference_mode()
+def sample_spectrograms(
+    model: DiffusionModel,
+    labels: list[int],
+    scheduler_name: str = "ddim",
+    steps: int = 50,
+    guidance_scale: float = 1.0,
+    batch_size: int = 32,
+    seed: int = 0,
+    show_progress: bool = False,
+) -> torch.Tensor:
+    """Spectrograms in [0, 1], shape (len(labels), R, R), one per requested class label."""
+    from core.spectrograms import from_model_range
+
+    if guidance_scale != 1.0 and model.null_class is None:
+        raise UserError("guidance scale != 1 needs a model trained with model.class_dropout > 0")
+    unet = model.unet
+    device = unet.device
+    size = unet.config.sample_size
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    outputs = []
+    batches = range(0, len(labels), batch_size)
+    for start in tqdm(batches, desc="sampling", disable=not show_progress):
+        batch_labels = torch.tensor(labels[start : start + batch_size], device=device)
+        scheduler = make_scheduler(model.noise_schedule, scheduler_name, steps)
+        noise = torch.randn((len(batch_labels), 1, size, size), generator=generator)
+        images = noise.to(device=device, dtype=unet.dtype)
+        for t in scheduler.timesteps:
+            prediction = _predict_noise(unet, images, t, batch_labels, guidance_scale, model.null_class)
+            images = scheduler.step(prediction, t, images, generator=generator).prev_sample
+        outputs.append(from_model_range(images.float(), model.normalize)[:, 0].cpu())
+    return torch.cat(outputs)
+
+
+def _predict_noise(
+    unet: UNet2DModel, images: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, scale: float, null_class: int | None
+) -> torch.Tensor:
+    if scale == 1.0:
+        return unet(images, t, class_labels=labels).sample
+    # Classifier-free guidance: conditional and unconditional predictions in one batch.
+    both = unet(
+        torch.cat([images, images]), t, class_labels=torch.cat([labels, torch.full_like(labels, null_class)])
+    ).sample
+    conditional, unconditional = both.chunk(2)
+    return unconditional + scale * (conditional - unconditional)

@@ -1,0 +1,99 @@
+"""Checkpoints: `accelerator.save_state` into a staging folder, renamed into place when complete.
+
+A checkpoint folder `checkpoints/step_000120/` exists only once it is whole: its completion
+marker `training_state.json` is written last, inside the staging folder, before the rename.
+A folder without the marker (a crash of an older version mid-save) is skipped with a warning.
+We name and prune checkpoints ourselves rather than use `automatic_checkpoint_naming`, whose
+iteration counter does not advance after `load_state` (accelerate #1601, #3306).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+from accelerate import Accelerator
+
+from core.errors import UserError
+
+log = logging.getLogger(__name__)
+MARKER = "training_state.json"
+_NAME = re.compile(r"^step_(\d+)$")
+
+
+def checkpoint_root(output_dir: str | os.PathLike) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints, oldest first; incomplete ones are reported and left alone."""
+    root = checkpoint_root(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for folder in root.iterdir():
+        match = _NAME.match(folder.name)
+        if not match or not folder.is_dir():
+            continue
+        if (folder / MARKER).is_file():
+            found.append((int(match.group(1)), folder))
+        else:
+            log.warning("skipping incomplete checkpoint %s (no %s)", folder, MARKER)
+    return [folder for _, folder in sorted(found)]
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, step: int, keep: int) -> Path:
+    """Every process calls this (each saves its own RNG state); the main process finalizes."""
+    root = checkpoint_root(output_dir)
+    final = root / f"step_{step:06d}"
+    staging = root / f".step_{step:06d}.partial"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(staging))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (staging / MARKER).write_text(json.dumps({"step": step}))
+            if final.exists():  # re-saving the same step after a resume
+                shutil.rmtree(final)
+            os.replace(staging, final)
+            for old in complete_checkpoints(output_dir)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    except OSError as error:
+        if accelerator.is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)
+        previous = complete_checkpoints(output_dir)
+        kept = f"; the previous checkpoint {previous[-1]} is intact" if previous else ""
+        raise UserError(f"cannot write checkpoint {final}: {error.strerror or error}{kept}") from None
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_latest_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, resume: str) -> int:
+    """Load `resume` ('latest' or a checkpoint folder); returns the step reached, 0 if none exists.
+
+    With 'latest', a checkpoint that fails to load is skipped with a warning for the one before it.
+    """
+    if resume != "latest":
+        folder = Path(resume)
+        if not (folder / MARKER).is_file():
+            raise UserError(f"--resume {resume} is not a complete checkpoint folder (no {MARKER})")
+        candidates = [folder]
+    else:
+        candidates = list(reversed(complete_checkpoints(output_dir)))
+    for folder in candidates:
+        try:
+            accelerator.load_state(str(folder))
+        except Exception as error:
+            if resume != "latest":
+                raise UserError(f"cannot load checkpoint {folder}: {' '.join(str(error).split())[:200]}") from None
+            log.warning("checkpoint %s is unreadable (%s); trying the one before", folder, str(error)[:200])
+            continue
+        return json.loads((folder / MARKER).read_text())["step"]
+    return 0

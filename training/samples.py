@@ -1,0 +1,26 @@
+"""Clips of chosen classes written as WAVs plus a PNG grid: what a run sounds and looks like."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from core.audio import MelTransform, write_wav_atomic
+from core.config import SampleConfig
+from core.pipeline import DiffusionModel, sample_spectrograms
+from core.plots import spectrogram_grid
+
+
+def write_class_samples(
+    model: DiffusionModel, classes: list[int], folder: str | os.PathLike, sample: SampleConfig, seed: int
+) -> Path:
+    folder = Path(folder)
+    spectrograms = sample_spectrograms(
+        model, classes, sample.scheduler, sample.steps, sample.guidance_scale, sample.batch_size, seed
+    )
+    clips = MelTransform(model.mel).audio(spectrograms, iterations=sample.griffin_lim_iters, seed=seed)
+    names = [model.categories[c] for c in classes]
+    for name, clip in zip(names, clips):
+        write_wav_atomic(folder / f"{name}.wav", clip, model.mel.sample_rate)
+    spectrogram_grid(spectrograms.numpy(), names, folder / "spectrograms.png")
+    return folder

@@ -1,0 +1,313 @@
+"""Train a class-conditional spectrogram diffusion model.
+
+    accelerate launch --config_file accelerate_config.yaml -m training.train \
+        --config configs/esc50_64.yaml train.loss=l1 model.attention=false
+
+Reads top to bottom: data, model, optimizer, (resume), loop (noise, predict, loss, step, EMA,
+log, sample, checkpoint), then the EMA model saved for generation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from diffusers import DDPMScheduler, UNet2DModel
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from diffusers.training_utils import EMAModel
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from core.config import Config, config_hash, flatten, load_config, to_yaml
+from core.errors import UserError, exit_on_user_error
+from core.model import build_unet
+from core.pipeline import DiffusionModel
+from core.spectrograms import build_spectrogram_cache, mel_settings, select_folds, spectrogram_stream, to_model_range
+from core.tracking import RunLogger, configure_tracking, git_commit
+from training.checkpoints import load_latest_checkpoint, save_checkpoint
+from training.run_folder import claim_output_dir
+from training.samples import write_class_samples
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    model_dir: Path
+    run_id: str
+    step: int
+    losses: dict[int, float]  # step -> loss (mean over processes) at each logging step
+
+
+def diffusion_loss(
+    model: torch.nn.Module, noise_scheduler: DDPMScheduler, images: torch.Tensor, labels: torch.Tensor, config: Config
+) -> torch.Tensor:
+    """Epsilon prediction: noise the images at random timesteps and predict that noise."""
+    noise = torch.randn_like(images)
+    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (images.shape[0],), device=images.device)
+    noisy = noise_scheduler.add_noise(images, noise, timesteps)
+    if config.model.class_dropout > 0:  # classifier-free guidance: sometimes show the null class
+        dropped = torch.rand(labels.shape, device=labels.device) < config.model.class_dropout
+        labels = torch.where(dropped, torch.full_like(labels, model_num_classes(model)), labels)
+    prediction = model(noisy, timesteps, class_labels=labels).sample
+    loss_fn = F.l1_loss if config.train.loss == "l1" else F.mse_loss
+    return loss_fn(prediction.float(), noise.float())
+
+
+def model_num_classes(model: torch.nn.Module) -> int:
+    unwrapped = model.module if hasattr(model, "module") else model
+    return unwrapped.config.num_class_embeds - 1
+
+
+def train(
+    config: Config,
+    resume: str | None = None,
+    show_progress: bool = True,
+    parent_run_id: str | None = None,
+    run_tags: dict[str, str] | None = None,
+) -> TrainResult:
+    """Train per `config`; `resume` is 'latest' or a checkpoint folder. Sweeps pass their parent run and tags."""
+    accelerator = Accelerator(
+        mixed_precision=config.train.mixed_precision,
+        gradient_accumulation_steps=config.train.gradient_accumulation,
+    )
+    set_seed(config.seed)
+    output_dir = Path(config.output_dir)
+    if accelerator.is_main_process:
+        claim_output_dir(output_dir, to_yaml(config), resuming=resume is not None)
+    accelerator.wait_for_everyone()
+
+    # Data: cached spectrograms (computed once, by the main process) streamed, this process's share.
+    with accelerator.main_process_first():
+        table = select_folds(
+            build_spectrogram_cache(config.data, show_progress=accelerator.is_main_process), config.data.folds
+        )
+    world, batch_size = accelerator.num_processes, config.train.batch_size
+    batches_per_epoch = (len(table) // world) // batch_size
+    if batches_per_epoch == 0:
+        raise UserError(
+            f"train.batch_size {batch_size} x {world} process(es) exceeds the {len(table)} clips of data.source"
+        )
+    stream = spectrogram_stream(table, config.data.shuffle_buffer, config.seed, accelerator.process_index, world)
+    # Our own generator keeps DataLoader from drawing on the global RNG, which resume restores.
+    loader = DataLoader(
+        stream, batch_size=batch_size, num_workers=config.train.dataloader_workers, drop_last=True,
+        generator=torch.Generator(),
+    )  # fmt: skip
+
+    # Model, EMA, optimizer, schedules.
+    unet = build_unet(config.model, config.data.resolution)
+    ema = EMAModel(
+        unet.parameters(), decay=config.train.ema_decay, use_ema_warmup=True, power=config.train.ema_power,
+        model_cls=UNet2DModel, model_config=unet.config,
+    )  # fmt: skip
+    optimizer = torch.optim.AdamW(
+        unet.parameters(), lr=config.train.learning_rate, weight_decay=config.train.weight_decay,
+        betas=(config.train.adam_beta1, config.train.adam_beta2),
+    )  # fmt: skip
+    # A prepared scheduler steps once per process each step (diffusers examples scale likewise).
+    lr_schedule = get_cosine_schedule_with_warmup(
+        optimizer, config.train.warmup_steps * world, config.train.max_steps * world
+    )
+    noise_scheduler = DDPMScheduler(
+        num_train_timesteps=config.train.num_train_timesteps, beta_schedule=config.train.beta_schedule
+    )
+    # The loader is not prepared: the stream is already split per process, and Accelerate
+    # would shard an IterableDataset a second time (accelerate #4075).
+    model, optimizer, lr_schedule = accelerator.prepare(unet, optimizer, lr_schedule)
+    ema.to(accelerator.device)
+    accelerator.register_for_checkpointing(ema)
+
+    step = load_latest_checkpoint(accelerator, output_dir, resume) if resume else 0
+    run = start_run(config, output_dir, accelerator.is_main_process, parent_run_id, run_tags)
+    mel = mel_settings(config.data)
+
+    # Resume exactly: the epoch and the position in it follow from the step count.
+    micro_step = step * config.train.gradient_accumulation
+    epoch, offset = divmod(micro_step, batches_per_epoch)
+    losses: dict[int, float] = {}
+    progress = tqdm(
+        total=config.train.max_steps,
+        initial=step,
+        desc="training",
+        disable=not (show_progress and accelerator.is_main_process),
+    )
+    window_start, window_samples = time.perf_counter(), 0
+    model.train()
+    while step < config.train.max_steps:
+        stream.set_epoch(epoch)
+        for batch in itertools.islice(loader, offset, batches_per_epoch):
+            images = to_model_range(batch["spectrogram"].to(accelerator.device)[:, None], config.data.normalize)
+            labels = batch["target"].to(accelerator.device)
+            with accelerator.accumulate(model):
+                loss = diffusion_loss(model, noise_scheduler, images, labels, config)
+                accelerator.backward(loss)
+                grad_norm = None
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.train.max_grad_norm)
+                optimizer.step()
+                lr_schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+            window_samples += images.shape[0] * world
+            if not accelerator.sync_gradients:
+                continue
+            ema.step(model.parameters())
+            step += 1
+            progress.update(1)
+
+            if step % config.train.log_every == 0 or step % config.train.checkpoint_every == 0:
+                mean_loss = accelerator.gather(loss.detach()[None]).mean().item()
+                if not math.isfinite(mean_loss):  # stop before the bad weights reach a checkpoint
+                    raise_diverged(run, step, mean_loss, output_dir)
+                losses[step] = mean_loss
+                elapsed = time.perf_counter() - window_start
+                metrics = {
+                    "loss": mean_loss,
+                    "lr": lr_schedule.get_last_lr()[0],
+                    "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                    "samples_per_sec": window_samples / max(elapsed, 1e-9),
+                }
+                window_start, window_samples = time.perf_counter(), 0
+                progress.set_postfix(loss=f"{mean_loss:.4f}")
+                if run:
+                    run.log_metrics(metrics, step)
+            if config.train.sample_every and step % config.train.sample_every == 0 and step < config.train.max_steps:
+                log_samples(accelerator, model, ema, noise_scheduler, mel, config, run, step)
+            if step % config.train.checkpoint_every == 0:
+                save_checkpoint(accelerator, output_dir, step, config.train.checkpoints_keep)
+            if step >= config.train.max_steps:
+                break
+        epoch, offset = epoch + 1, 0
+    progress.close()
+
+    # The EMA weights are the model: save them in diffusers format with the mel settings beside.
+    model_dir = output_dir / "model"
+    if accelerator.is_main_process:
+        final = accelerator.unwrap_model(model)
+        ema.store(final.parameters())
+        ema.copy_to(final.parameters())
+        diffusion = as_diffusion_model(final, noise_scheduler, mel, config, run.run_id if run else "")
+        diffusion.save(model_dir)
+        write_class_samples(
+            diffusion, list(config.train.sample_classes), output_dir / "samples" / "final", config.sample, config.seed
+        )
+        ema.restore(final.parameters())
+        if run:
+            run.log_artifacts(output_dir / "samples" / "final", "samples/final")
+            run.log_artifacts(model_dir, "model")
+            run.flush(deadline_seconds=300)
+            run.set_terminated("FINISHED")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(output_dir, model_dir, run.run_id if run else "", step, losses)
+
+
+def as_diffusion_model(unet, noise_scheduler: DDPMScheduler, mel, config: Config, run_id: str) -> DiffusionModel:
+    null_class = unet.config.num_class_embeds - 1 if config.model.class_dropout > 0 else None
+    return DiffusionModel(
+        unet=unet, noise_schedule=dict(noise_scheduler.config), mel=mel, normalize=config.data.normalize,
+        null_class=null_class, mlflow_run_id=run_id,
+    )  # fmt: skip
+
+
+def log_samples(accelerator, model, ema, noise_scheduler, mel, config: Config, run, step: int) -> None:
+    """Listenable progress: EMA weights swapped in, a few classes sampled, swapped back."""
+    if accelerator.is_main_process:
+        unet = accelerator.unwrap_model(model)
+        ema.store(unet.parameters())
+        ema.copy_to(unet.parameters())
+        unet.eval()
+        folder = Path(config.output_dir) / "samples" / f"step_{step:06d}"
+        diffusion = as_diffusion_model(unet, noise_scheduler, mel, config, "")
+        write_class_samples(diffusion, list(config.train.sample_classes), folder, config.sample, config.seed)
+        unet.train()
+        ema.restore(unet.parameters())
+        if run:
+            run.log_artifacts(folder, f"samples/step_{step:06d}")
+    accelerator.wait_for_everyone()
+
+
+def start_run(
+    config: Config, output_dir: Path, is_main: bool, parent_run_id: str | None, run_tags: dict[str, str] | None
+) -> RunLogger | None:
+    """One MLflow run per training job; a resumed job continues the run recorded in run.json."""
+    if not is_main:
+        return None
+    import mlflow
+
+    configure_tracking(config.tracking.tracking_uri, config.tracking.experiment)
+    client = mlflow.tracking.MlflowClient()
+    record = output_dir / "run.json"
+    if record.is_file():  # a resumed job continues its own run
+        run_id = json.loads(record.read_text())["mlflow_run_id"]
+        client.update_run(run_id, status="RUNNING")
+        return RunLogger(run_id)
+    # `mlflow run` creates the run and passes its id; otherwise we create one.
+    run_id = os.environ.pop("MLFLOW_RUN_ID", "") if not parent_run_id else ""
+    if not run_id:
+        experiment = mlflow.get_experiment_by_name(config.tracking.experiment)
+        name = config.tracking.run_name or output_dir.name
+        run_id = client.create_run(experiment.experiment_id, run_name=name).info.run_id
+    tags = {"git_commit": git_commit(), "config_hash": config_hash(config), "output_dir": str(output_dir.resolve())}
+    tags.update(run_tags or {})
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    params = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in flatten(config).items()]
+    client.log_batch(run_id, params=params, tags=[mlflow.entities.RunTag(k, v) for k, v in tags.items()])
+    client.log_artifact(run_id, str(output_dir / "config.yaml"))
+    record_tmp = record.with_name(".run.json.tmp")
+    record_tmp.write_text(json.dumps({"mlflow_run_id": run_id}))
+    os.replace(record_tmp, record)
+    return RunLogger(run_id)
+
+
+def raise_diverged(run: RunLogger | None, step: int, value: float, output_dir: Path) -> None:
+    from training.checkpoints import complete_checkpoints
+
+    if run:
+        run.flush(deadline_seconds=10)
+        run.set_terminated("FAILED")
+    kept = complete_checkpoints(output_dir)
+    last = f"; the last good checkpoint is {kept[-1]}" if kept else ""
+    raise UserError(f"loss became {value} at step {step} (try a lower train.learning_rate){last}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.train",
+        description="Train a class-conditional diffusion model on ESC-50 log-mel spectrograms.",
+        epilog="Example: accelerate launch -m training.train --config configs/tiny.yaml train.max_steps=50",
+    )
+    parser.add_argument("--config", help="YAML config file (defaults apply to what it leaves out)")
+    parser.add_argument(
+        "--resume", help="'latest' to continue from the newest checkpoint of output_dir, or a checkpoint folder"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.loss=l1 model.attention=false")
+    return parser.parse_args(argv)
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    config = load_config(args.config, args.overrides)
+    result = train(config, resume=args.resume, show_progress=not args.no_progress)
+    if result.run_id:
+        print(f"model: {result.model_dir}\nMLflow run: {result.run_id}")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    main()
