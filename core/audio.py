@@ -11,6 +11,7 @@ import io
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,7 +36,9 @@ def decode_audio(source: str | os.PathLike | bytes, sample_rate: int, seconds: f
     name = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
     try:
         handle = io.BytesIO(source) if isinstance(source, bytes) else source
-        samples, native_rate = soundfile.read(handle, dtype="float32", always_2d=True)
+        with soundfile.SoundFile(handle) as audio_file:
+            samples, native_rate = audio_file.read(dtype="float32", always_2d=True), audio_file.samplerate
+            decoder_log = audio_file.extra_info
     except FileNotFoundError:
         raise BadAudioError(f"audio file not found: {name}") from None
     except Exception as error:  # soundfile raises LibsndfileError/RuntimeError with varying texts
@@ -43,6 +46,11 @@ def decode_audio(source: str | os.PathLike | bytes, sample_rate: int, seconds: f
         raise BadAudioError(f"cannot decode audio file {name}: {reason}") from None
     if samples.shape[0] == 0:
         raise BadAudioError(f"audio file {name} is empty (0 samples)")
+    # libsndfile reads a WAV cut short without complaint; its log shows the declared data size.
+    sizes = re.search(r"^data\s*:\s*(\d+) \(should be (\d+)\)", decoder_log, re.MULTILINE)
+    declared, present = (int(sizes.group(1)), int(sizes.group(2))) if sizes else (0, 0)
+    if declared not in (0, 0xFFFFFFFF) and declared > present + 1:  # 0 / 0xFFFFFFFF: streamed, length unknown
+        raise BadAudioError(f"audio file {name} is truncated ({present} of {declared} data bytes present)")
     if not np.isfinite(samples).all():
         raise BadAudioError(f"audio file {name} contains NaN or infinite samples")
     mono = samples.mean(axis=1)
@@ -121,6 +129,11 @@ class MelTransform:
 
         s = self.settings
         samples = fix_length(np.asarray(samples, dtype=np.float32), s.clip_samples)
+        if not np.isfinite(samples).all():
+            raise BadAudioError("samples contain NaN or infinite values")
+        peak_amplitude = np.abs(samples).max(axis=-1, keepdims=True)
+        if np.any(peak_amplitude > 1.0):  # beyond full scale: the power would overflow float32 (the scale drops out)
+            samples = samples / np.maximum(peak_amplitude, 1.0)
         stft = librosa.stft(samples, n_fft=s.window_length, hop_length=s.hop_length, center=True)
         power = np.abs(stft) ** 2
         mel = np.einsum("mf,...ft->...mt", self._filters, power)[..., : s.resolution]
@@ -148,7 +161,8 @@ class MelTransform:
         if linear_power.shape[-1] < frames:  # the forward transform dropped trailing frames
             linear_power = torch.nn.functional.pad(linear_power, (0, frames - linear_power.shape[-1]), mode="replicate")
         griffin_lim = torchaudio.transforms.GriffinLim(
-            n_fft=s.window_length, hop_length=s.hop_length, power=2.0, n_iter=iterations, length=s.clip_samples
+            n_fft=s.window_length, hop_length=s.hop_length, power=2.0, n_iter=iterations, length=s.clip_samples,
+            rand_init=True,
         ).to(device)
         # Griffin-Lim starts from random phase: seed it without disturbing the caller's RNG
         # (training samples mid-run and must stay bit-for-bit resumable).

@@ -30,12 +30,28 @@ AUDIO_SUFFIXES = {".wav", ".flac"}
 
 
 def is_local_source(source: str) -> bool:
-    return Path(source).exists() or source.startswith((".", "/", "~"))
+    return Path(source).expanduser().exists() or source.startswith((".", "/", "~"))
+
+
+def is_esc50_folder(source: str) -> bool:
+    return (Path(source).expanduser() / "meta" / "esc50.csv").is_file()
 
 
 def read_clips(source: str, folds: list[int] | tuple[int, ...] = (), hub_split: str = "train") -> pd.DataFrame:
-    """The clips of `source` (every fold when `folds` is empty), validated, sorted by filename."""
-    table = _read_folder(source) if is_local_source(source) else _read_hub(source, hub_split)
+    """The clips of `source` (every fold when `folds` is empty), validated, sorted by filename.
+
+    `source` is an ESC-50 folder, a hub dataset id, or a local folder holding a hub-format
+    dataset (parquet files with ESC-50's columns and an `audio` column), which `datasets` reads.
+    """
+    path = Path(source).expanduser()
+    if is_esc50_folder(source):
+        table = _read_folder(source)
+    elif path.is_dir():
+        table = _read_hub(str(path), hub_split)
+    elif is_local_source(source):
+        raise UserError(f"data source {source} not found (expected a folder in ESC-50's layout: audio/ + meta/esc50.csv)")
+    else:
+        table = _read_hub(source, hub_split)
     if folds:
         table = table[table["fold"].isin(list(folds))]
         if table.empty:
@@ -80,6 +96,11 @@ def _read_hub(source: str, split: str) -> pd.DataFrame:
         dataset = datasets.load_dataset(source, split=split)
     except Exception as error:
         reason = " ".join(str(error).split())[:300]
+        if Path(source).is_dir():
+            raise UserError(
+                f"data source {source} is neither an ESC-50 folder (no meta/esc50.csv) nor a dataset folder "
+                f"that datasets can read: {reason}"
+            ) from None
         raise UserError(
             f"cannot load hub dataset '{source}' (split '{split}'): {reason}. Offline, download ESC-50 "
             "(github.com/karolpiczak/ESC-50) and set data.source to its folder, or pre-fill the HF datasets cache"

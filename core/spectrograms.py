@@ -23,7 +23,7 @@ import torch
 from core.audio import BadAudioError, MelSettings, MelTransform, decode_audio
 from core.config import DataConfig
 from core.errors import UserError
-from core.esc50 import is_local_source, read_clips
+from core.esc50 import is_local_source, read_clips, unlisted_audio_files
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1  # bump when the stored layout or the transform changes
@@ -88,6 +88,12 @@ def build_spectrogram_cache(data: DataConfig, show_progress: bool = True) -> dat
     """Every clip of `data.source` (all folds) as a cached table: filename, fold, target, category, spectrogram."""
     datasets.disable_caching()  # our own key decides reuse; datasets' fingerprint cache would double the disk
     clips = read_clips(data.source, hub_split=data.hub_split)
+    if "path" in clips.columns:  # an ESC-50 folder: audio it does not list is ignored, but say so
+        unlisted = unlisted_audio_files(data.source)
+        if unlisted:
+            shown = ", ".join(unlisted[:5]) + (f" and {len(unlisted) - 5} more" if len(unlisted) > 5 else "")
+            log.warning("%d audio file(s) in %s are not listed in meta/esc50.csv and are ignored: %s",
+                        len(unlisted), data.source, shown)  # fmt: skip
     settings = mel_settings(data)
     cache_dir = Path(data.cache_dir).expanduser() / cache_key(clips, data.source, settings)
     if (cache_dir / "dataset_info.json").is_file():

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -78,6 +80,24 @@ def git_commit() -> str:
         return "unknown"
 
 
+@contextlib.contextmanager
+def fail_fast_requests(timeout_seconds: int = 5) -> Iterator[None]:
+    """One quick try per MLflow HTTP call instead of the client's default (7 retries with backoff,
+    minutes against a stopped server): in the training loop a failed call costs nothing, since
+    `RunLogger` keeps the metrics and sends them later. The final flush uses MLflow's defaults."""
+    names = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_seconds)}
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update(names)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 class RunLogger:
     """Logs to one MLflow run; metrics that fail to send (server down) are kept and re-sent later.
 
@@ -85,29 +105,35 @@ class RunLogger:
     may be lost: failed batches wait in `pending` and go out, in order, with the next call.
     """
 
-    def __init__(self, run_id: str, retry_seconds: float = 0.0):
+    def __init__(self, run_id: str, retry_seconds: float = 0.0, retry_interval: float = 10.0):
         from mlflow.tracking import MlflowClient
 
         self.run_id = run_id
         self.client = MlflowClient()
         self.pending: list[Any] = []
         self.retry_seconds = retry_seconds
+        self.retry_interval = retry_interval  # after a failure, metrics only queue up for this long
+        self._next_attempt = 0.0
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         self.pending.extend(Metric(key, float(value), now, step) for key, value in metrics.items())
-        self.flush()
+        if time.monotonic() < self._next_attempt:
+            return  # the server failed recently: keep training, send everything with a later call
+        with fail_fast_requests():
+            sent = self.flush()
+        self._next_attempt = 0.0 if sent else time.monotonic() + self.retry_interval
 
     def flush(self, deadline_seconds: float | None = None) -> bool:
         """Send what is pending; True when nothing is left. Retries until `deadline_seconds` pass."""
         deadline = time.monotonic() + (deadline_seconds if deadline_seconds is not None else self.retry_seconds)
         while self.pending:
             try:
-                for start in range(0, len(self.pending), 1000):  # MLflow's batch limit
-                    self.client.log_batch(self.run_id, metrics=self.pending[start : start + 1000])
-                self.pending.clear()
+                while self.pending:  # MLflow's batch limit is 1000; drop each batch once sent, so none is sent twice
+                    self.client.log_batch(self.run_id, metrics=self.pending[:1000])
+                    del self.pending[:1000]
             except Exception as error:
                 if time.monotonic() >= deadline:
                     log.warning(

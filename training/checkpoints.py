@@ -9,6 +9,7 @@ iteration counter does not advance after `load_state` (accelerate #1601, #3306).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -51,26 +52,29 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, ste
     root = checkpoint_root(output_dir)
     final = root / f"step_{step:06d}"
     staging = root / f".step_{step:06d}.partial"
-    if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)
-    accelerator.wait_for_everyone()
     try:
+        if accelerator.is_main_process:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(staging, ignore_errors=True)
+        accelerator.wait_for_everyone()
         accelerator.save_state(str(staging))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            (staging / MARKER).write_text(json.dumps({"step": step}))
+            # The marker lists every file's size and hash: a file truncated or swapped later is detected on load.
+            files = {p.name: _file_record(p) for p in sorted(staging.iterdir()) if p.is_file()}
+            (staging / MARKER).write_text(json.dumps({"step": step, "files": files}))
             if final.exists():  # re-saving the same step after a resume
                 shutil.rmtree(final)
             os.replace(staging, final)
             for old in complete_checkpoints(output_dir)[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
-    except OSError as error:
+    except Exception as error:  # a full disk surfaces as OSError, torch's RuntimeError or SafetensorError
         if accelerator.is_main_process:
             shutil.rmtree(staging, ignore_errors=True)
         previous = complete_checkpoints(output_dir)
         kept = f"; the previous checkpoint {previous[-1]} is intact" if previous else ""
-        raise UserError(f"cannot write checkpoint {final}: {error.strerror or error}{kept}") from None
+        reason = getattr(error, "strerror", None) or " ".join(str(error).split())[:200] or type(error).__name__
+        raise UserError(f"cannot write checkpoint {final} (disk full or not writable?): {reason}{kept}") from None
     accelerator.wait_for_everyone()
     return final
 
@@ -89,6 +93,7 @@ def load_latest_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLi
         candidates = list(reversed(complete_checkpoints(output_dir)))
     for folder in candidates:
         try:
+            verify_checkpoint(folder)
             accelerator.load_state(str(folder))
         except Exception as error:
             if resume != "latest":
@@ -97,3 +102,35 @@ def load_latest_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLi
             continue
         return json.loads((folder / MARKER).read_text())["step"]
     return 0
+
+
+def _file_record(path: Path) -> dict:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def verify_checkpoint(folder: Path) -> None:
+    """Raise ValueError unless `folder` holds the files its marker lists, unchanged, and no pickled code.
+
+    Accelerate loads everything with `weights_only=True` except registered custom objects (our EMA),
+    which it unpickles with `weights_only=False`; loading those first with `weights_only=True` proves
+    they hold only tensors and plain values, so no code in a tampered checkpoint ever runs.
+    Markers of older checkpoints list no files; those are checked only by loading them.
+    """
+    import torch
+
+    recorded = json.loads((folder / MARKER).read_text()).get("files", {})
+    for name, expected in recorded.items():
+        path = folder / name
+        if not path.is_file():
+            raise ValueError(f"{name} is missing")
+        if _file_record(path) != expected:
+            raise ValueError(f"{name} is truncated or changed since it was written")
+    for path in sorted(folder.glob("custom_checkpoint_*.pkl")):
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise ValueError(f"{path.name} is not a plain tensor file ({' '.join(str(error).split())[:120]})") from None

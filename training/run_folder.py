@@ -22,8 +22,24 @@ def claim_output_dir(output_dir: Path, config_yaml: str, resuming: bool) -> None
         )
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        temporary = output_dir / ".config.yaml.tmp"
+        temporary = output_dir / f".config.yaml.{os.getpid()}.tmp"
         temporary.write_text(config_yaml)
-        os.replace(temporary, config_file)
+        if resuming:
+            os.replace(temporary, config_file)
+        else:
+            _claim_exclusively(temporary, config_file, output_dir)
     except OSError as error:
         raise UserError(f"cannot write to output_dir {output_dir}: {error.strerror or error}") from None
+
+
+def _claim_exclusively(temporary: Path, config_file: Path, output_dir: Path) -> None:
+    """Put the config in place only if none is there, atomically: of two runs started at once, one wins."""
+    try:
+        os.link(temporary, config_file)  # fails if config_file exists, unlike os.replace
+    except FileExistsError:
+        raise UserError(
+            f"output_dir {output_dir} already holds a run ({config_file}); "
+            "pass --resume latest to continue it, or choose another output_dir"
+        ) from None
+    finally:
+        temporary.unlink(missing_ok=True)

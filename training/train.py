@@ -10,6 +10,7 @@ log, sample, checkpoint), then the EMA model saved for generation.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import logging
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from datasets import IterableDataset
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
@@ -34,7 +36,7 @@ from core.errors import UserError, exit_on_user_error
 from core.model import build_unet
 from core.pipeline import DiffusionModel
 from core.spectrograms import build_spectrogram_cache, mel_settings, select_folds, spectrogram_stream, to_model_range
-from core.tracking import RunLogger, configure_tracking, git_commit
+from core.tracking import RunLogger, configure_tracking, git_commit, redact_uri
 from training.checkpoints import load_latest_checkpoint, save_checkpoint
 from training.run_folder import claim_output_dir
 from training.samples import write_class_samples
@@ -71,29 +73,25 @@ def model_num_classes(model: torch.nn.Module) -> int:
     return unwrapped.config.num_class_embeds - 1
 
 
-def train(
-    config: Config,
-    resume: str | None = None,
-    show_progress: bool = True,
-    parent_run_id: str | None = None,
-    run_tags: dict[str, str] | None = None,
-) -> TrainResult:
-    """Train per `config`; `resume` is 'latest' or a checkpoint folder. Sweeps pass their parent run and tags."""
-    accelerator = Accelerator(
+def make_accelerator(config: Config) -> Accelerator:
+    # Without an accelerator device, Accelerate joins a torchrun process group only when told it
+    # runs on CPU (it then uses gloo); with `accelerate launch --cpu` it is told the same way.
+    no_device = not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    return Accelerator(
         mixed_precision=config.train.mixed_precision,
         gradient_accumulation_steps=config.train.gradient_accumulation,
+        cpu=no_device,
     )
-    set_seed(config.seed)
-    output_dir = Path(config.output_dir)
-    if accelerator.is_main_process:
-        claim_output_dir(output_dir, to_yaml(config), resuming=resume is not None)
-    accelerator.wait_for_everyone()
 
-    # Data: cached spectrograms (computed once, by the main process) streamed, this process's share.
+
+def build_data(config: Config, accelerator: Accelerator) -> tuple[IterableDataset, DataLoader, int]:
+    """Cached spectrograms (computed once, by the main process) streamed: this process's share.
+
+    Every process runs the same number of batches per epoch (DDP would hang otherwise).
+    """
     with accelerator.main_process_first():
-        table = select_folds(
-            build_spectrogram_cache(config.data, show_progress=accelerator.is_main_process), config.data.folds
-        )
+        table = build_spectrogram_cache(config.data, show_progress=accelerator.is_main_process)
+    table = select_folds(table, config.data.folds)
     world, batch_size = accelerator.num_processes, config.train.batch_size
     batches_per_epoch = (len(table) // world) // batch_size
     if batches_per_epoch == 0:
@@ -106,6 +104,33 @@ def train(
         stream, batch_size=batch_size, num_workers=config.train.dataloader_workers, drop_last=True,
         generator=torch.Generator(),
     )  # fmt: skip
+    return stream, loader, batches_per_epoch
+
+
+def train(
+    config: Config,
+    resume: str | None = None,
+    show_progress: bool = True,
+    parent_run_id: str | None = None,
+    run_tags: dict[str, str] | None = None,
+    stop_after_steps: int | None = None,
+) -> TrainResult:
+    """Train per `config`; `resume` is 'latest' or a checkpoint folder. Sweeps pass their parent run and tags.
+
+    `stop_after_steps` ends the job early with a checkpoint (a time-limited cluster slot); the
+    schedule still spans `train.max_steps`, and `--resume latest` continues where it stopped.
+    """
+    accelerator = make_accelerator(config)
+    set_seed(config.seed)
+    output_dir = Path(config.output_dir)
+    if accelerator.is_main_process:
+        # An unreachable tracking server fails here, before the output folder is claimed or any work starts.
+        configure_tracking(config.tracking.tracking_uri, config.tracking.experiment)
+        claim_output_dir(output_dir, to_yaml(without_secrets(config)), resuming=resume is not None)
+    accelerator.wait_for_everyone()
+
+    stream, loader, batches_per_epoch = build_data(config, accelerator)
+    world = accelerator.num_processes
 
     # Model, EMA, optimizer, schedules.
     unet = build_unet(config.model, config.data.resolution)
@@ -187,10 +212,14 @@ def train(
                 log_samples(accelerator, model, ema, noise_scheduler, mel, config, run, step)
             if step % config.train.checkpoint_every == 0:
                 save_checkpoint(accelerator, output_dir, step, config.train.checkpoints_keep)
-            if step >= config.train.max_steps:
+            if step >= config.train.max_steps or step == stop_after_steps:
                 break
+        if step == stop_after_steps:
+            break
         epoch, offset = epoch + 1, 0
     progress.close()
+    if step < config.train.max_steps:  # stopped early on request: checkpoint, then hand back
+        return stop_early(accelerator, output_dir, step, config, run, losses)
 
     # The EMA weights are the model: save them in diffusers format with the mel settings beside.
     model_dir = output_dir / "model"
@@ -212,6 +241,15 @@ def train(
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(output_dir, model_dir, run.run_id if run else "", step, losses)
+
+
+def stop_early(accelerator: Accelerator, output_dir: Path, step: int, config: Config, run, losses) -> TrainResult:
+    save_checkpoint(accelerator, output_dir, step, config.train.checkpoints_keep)
+    if run:
+        run.flush(deadline_seconds=60)
+        run.set_terminated("KILLED")  # resumable: `--resume latest` sets it RUNNING again
+    accelerator.end_training()
+    return TrainResult(output_dir, output_dir / "model", run.run_id if run else "", step, losses)
 
 
 def as_diffusion_model(unet, noise_scheduler: DDPMScheduler, mel, config: Config, run_id: str) -> DiffusionModel:
@@ -264,13 +302,19 @@ def start_run(
     tags.update(run_tags or {})
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    params = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in flatten(config).items()]
+    params = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in flatten(without_secrets(config)).items()]
     client.log_batch(run_id, params=params, tags=[mlflow.entities.RunTag(k, v) for k, v in tags.items()])
     client.log_artifact(run_id, str(output_dir / "config.yaml"))
     record_tmp = record.with_name(".run.json.tmp")
     record_tmp.write_text(json.dumps({"mlflow_run_id": run_id}))
     os.replace(record_tmp, record)
     return RunLogger(run_id)
+
+
+def without_secrets(config: Config) -> Config:
+    """The config as recorded (config.yaml, MLflow params): credentials in the tracking URI redacted."""
+    tracking = dataclasses.replace(config.tracking, tracking_uri=redact_uri(config.tracking.tracking_uri))
+    return dataclasses.replace(config, tracking=tracking)
 
 
 def raise_diverged(run: RunLogger | None, step: int, value: float, output_dir: Path) -> None:
@@ -294,6 +338,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--resume", help="'latest' to continue from the newest checkpoint of output_dir, or a checkpoint folder"
     )
+    parser.add_argument(
+        "--stop-after-steps", type=int, help="checkpoint and stop at this step (resume later with --resume latest)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.loss=l1 model.attention=false")
     return parser.parse_args(argv)
@@ -303,7 +350,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     config = load_config(args.config, args.overrides)
-    result = train(config, resume=args.resume, show_progress=not args.no_progress)
+    result = train(
+        config, resume=args.resume, show_progress=not args.no_progress, stop_after_steps=args.stop_after_steps
+    )
     if result.run_id:
         print(f"model: {result.model_dir}\nMLflow run: {result.run_id}")
 

@@ -1,0 +1,78 @@
+"""Stage 1: audio files -> log-mel spectrograms, ours (parallel, cached) vs teticio's `audiodiffusion.mel.Mel`.
+
+Both read the same files at the same sample rate, hop, window and resolution. The baseline is charged
+only for computing (its images are kept in memory, never written); ours also writes and reloads the
+on-disk cache. The second epoch is ours reading that cache back as training streams it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from bench.common import BenchOptions, StageResult, Stopwatch, in_child, log, median_result, scaled_source
+
+
+def ours_epochs(source: str, resolution: int, cache_root: str) -> dict:
+    """Epoch 1: build the cache from the audio files. Epoch 2: open the cache and stream every spectrogram."""
+    from core.config import DataConfig
+    from core.spectrograms import build_spectrogram_cache, spectrogram_stream
+
+    data = DataConfig(source=source, resolution=resolution, cache_dir=tempfile.mkdtemp(dir=cache_root))
+    with Stopwatch() as first:
+        table = build_spectrogram_cache(data, show_progress=False)
+    clips = len(table)
+    with Stopwatch() as second:
+        table = build_spectrogram_cache(data, show_progress=False)
+        streamed = sum(1 for _ in spectrogram_stream(table, shuffle_buffer=data.shuffle_buffer, seed=0))
+    assert streamed == clips, (streamed, clips)
+    return {"clips": clips, "compute_s": first.seconds, "cached_s": second.seconds}
+
+
+def baseline_epoch(source: str, resolution: int) -> dict:
+    """teticio's preprocessing: `Mel.load_audio` then `audio_slice_to_image`, one file after another."""
+    import numpy as np
+    from audiodiffusion.mel import Mel
+
+    from core.esc50 import read_clips
+    from core.spectrograms import mel_settings
+
+    from core.config import DataConfig
+
+    settings = mel_settings(DataConfig(source=source, resolution=resolution))
+    mel = Mel(
+        x_res=resolution, y_res=resolution, sample_rate=settings.sample_rate, n_fft=settings.window_length,
+        hop_length=settings.hop_length, top_db=int(settings.top_db),
+    )  # fmt: skip
+    paths = list(read_clips(source)["path"])
+    images = []
+    with Stopwatch() as watch:
+        for path in paths:
+            mel.load_audio(audio_file=path)
+            images.append(np.asarray(mel.audio_slice_to_image(0)))
+    assert images[0].shape == (resolution, resolution), images[0].shape
+    return {"clips": len(paths), "compute_s": watch.seconds}
+
+
+def run(options: BenchOptions) -> list[StageResult]:
+    # esc50-mini x10 = as many files as the full ESC-50 (2,000); quick keeps the 200 clips.
+    copies = 1 if options.quick else 10
+    resolution = 64
+    source = scaled_source(options.source, copies, options.work_dir / "preprocess-source")
+    ours, cached, base = [], [], []
+    for repeat in range(options.repeats):
+        run_ours = in_child(ours_epochs, source, resolution, str(options.work_dir))
+        run_base = in_child(baseline_epoch, source, resolution)
+        ours.append(run_ours["clips"] / run_ours["compute_s"])
+        cached.append(run_ours["clips"] / run_ours["cached_s"])
+        base.append(run_base["clips"] / run_base["compute_s"])
+        log(f"  preprocess {repeat + 1}/{options.repeats}: ours {ours[-1]:.1f}, cached {cached[-1]:.0f}, "
+            f"baseline {base[-1]:.1f} clips/s")  # fmt: skip
+    clips = run_base["clips"]
+    common = {"clips": clips, "resolution": resolution, "source_copies": copies}
+    compute = median_result("preprocess", "clips/s", "audiodiffusion.mel.Mel, file by file", ours, base, **common)
+    second_epoch = median_result(
+        "preprocess_cached", "clips/s", "audiodiffusion.mel.Mel computing again", cached, base,
+        vs_our_compute=compute.ours, **common,
+    )  # fmt: skip
+    return [compute, second_epoch]

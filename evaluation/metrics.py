@@ -1,0 +1,95 @@
+"""The numbers in the table: Frechet distance between Gaussians, top-k accuracy and mAP@10 from class scores.
+
+`frechet_distance` is the formula `frechet_audio_distance` uses (its `calculate_frechet_distance`,
+itself from pytorch-fid), written out here so the offline scorer's `fd_esc` does not import that
+package: importing it pulls in laion_clap, transformers and encodec (7 s, and laion_clap retries the
+Hugging Face hub when not told it is offline), which Ray trials scoring with `esc` only should not
+pay. `tests/test_eval_metrics.py` checks both give the same value. FAD itself (`fad_<model>`) calls
+the package's own method.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import linalg
+
+TOP_K = (1, 5, 10)
+MAP_AT = 10
+
+
+def gaussian_statistics(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance (rows are samples), as the package's `calculate_embd_statistics`."""
+    embeddings = np.asarray(embeddings, dtype=np.float64)
+    if embeddings.ndim != 2 or embeddings.shape[0] < 2:
+        raise ValueError(f"need at least 2 embeddings of shape (n, d) for a covariance, got {embeddings.shape}")
+    return embeddings.mean(axis=0), np.cov(embeddings, rowvar=False)
+
+
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
+) -> float:
+    """d^2 = |mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between N(mu1, S1) and N(mu2, S2)."""
+    mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
+    sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
+        raise ValueError(f"statistics differ in shape: {mu1.shape}/{sigma1.shape} vs {mu2.shape}/{sigma2.shape}")
+    diff = mu1 - mu2
+    covmean, _ = linalg.sqrtm(sigma1.dot(sigma2).astype(complex), disp=False)
+    if not np.isfinite(covmean).all():  # a (nearly) singular product: regularize both covariances
+        offset = np.eye(sigma1.shape[0]) * eps
+        covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset).astype(complex))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"Frechet distance: imaginary component {np.max(np.abs(covmean.imag)):.3g}")
+        covmean = covmean.real
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def target_ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """0-based rank of each row's target class among all classes, highest score first.
+
+    Ties are counted against the target: rank = number of *other* classes scoring at least as high.
+    A scorer that gives every class the same score therefore ranks the target last, never first,
+    so a constant (broken) model cannot earn accuracy from the order of the class list.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    targets = np.asarray(targets, dtype=np.int64)
+    if scores.ndim != 2 or len(scores) != len(targets):
+        raise ValueError(f"scores {scores.shape} do not match {len(targets)} targets")
+    if not np.isfinite(scores).all():
+        raise ValueError("class scores contain NaN or infinite values")
+    if len(targets) and (targets.min() < 0 or targets.max() >= scores.shape[1]):
+        raise ValueError(f"targets must lie in 0..{scores.shape[1] - 1}")
+    target_scores = scores[np.arange(len(targets)), targets][:, None]
+    return (scores >= target_scores).sum(axis=1) - 1
+
+
+def topk_accuracy(scores: np.ndarray, targets: np.ndarray, k: int) -> float:
+    """Fraction of rows whose target is among the k best-scored classes."""
+    return float(np.mean(target_ranks(scores, targets) < k))
+
+
+def mean_average_precision(scores: np.ndarray, targets: np.ndarray, at: int = MAP_AT) -> float:
+    """mAP@`at` with one relevant class per row, as LAION-CLAP's zero-shot evaluation computes it.
+
+    With a single relevant item, average precision is the reciprocal of its (1-based) rank when that
+    rank is within `at`, else 0; the mean over rows is the mAP.
+    """
+    ranks = target_ranks(scores, targets)
+    return float(np.mean(np.where(ranks < at, 1.0 / (ranks + 1), 0.0)))
+
+
+def ranking_metrics(scores: np.ndarray, targets: np.ndarray, prefix: str) -> dict[str, float]:
+    """`{prefix}_top1, _top5, _top10, _map10`: the same code for CLAP (`ca`) and the offline scorer (`esc`)."""
+    ranks = target_ranks(scores, targets)
+    metrics = {f"{prefix}_top{k}": float(np.mean(ranks < k)) for k in TOP_K}
+    metrics[f"{prefix}_map{MAP_AT}"] = float(np.mean(np.where(ranks < MAP_AT, 1.0 / (ranks + 1), 0.0)))
+    return metrics
+
+
+def confusion_matrix(scores: np.ndarray, targets: np.ndarray, num_classes: int) -> np.ndarray:
+    """counts[true, predicted], the prediction being the best-scored class (lowest index on ties)."""
+    predicted = np.asarray(scores).argmax(axis=1)
+    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(counts, (np.asarray(targets), predicted), 1)
+    return counts

@@ -1,0 +1,128 @@
+"""ESC-50 -> cached log-mel spectrograms -> a shuffled stream split per process."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+
+import datasets
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile
+import torch
+
+from core.config import DataConfig
+from core.errors import UserError
+from core.esc50 import ESC50_CATEGORIES, read_clips
+from core.spectrograms import (
+    build_spectrogram_cache,
+    from_model_range,
+    select_folds,
+    spectrogram_stream,
+    to_model_range,
+)
+
+
+def test_esc50_mini_metadata_counts_labels_and_folds(esc50_mini) -> None:
+    clips = read_clips(str(esc50_mini))
+    assert len(clips) == 200
+    assert Counter(clips["target"]) == {target: 4 for target in range(50)}
+    assert all(ESC50_CATEGORIES[t] == c for t, c in zip(clips["target"], clips["category"]))
+    fold4 = read_clips(str(esc50_mini), folds=[4])
+    assert 0 < len(fold4) < 200 and set(fold4["fold"]) == {4}
+    with pytest.raises(UserError, match="folds"):
+        read_clips(str(esc50_mini), folds=[1])  # esc50-mini has no fold-1 clip
+
+
+def test_cache_shapes_ranges_and_reuse(esc50_mini, spectrogram_cache_dir) -> None:
+    config = DataConfig(source=str(esc50_mini), resolution=32, cache_dir=str(spectrogram_cache_dir))
+    table = build_spectrogram_cache(config, show_progress=False)
+    assert len(table) == 200
+    spectrograms = np.asarray(table.with_format("numpy")["spectrogram"])
+    assert spectrograms.shape == (200, 32, 32) and spectrograms.dtype == np.float32
+    assert spectrograms.min() >= 0.0 and spectrograms.max() == pytest.approx(1.0)
+    assert spectrograms.std() > 0.1  # real content, not a constant
+    again = build_spectrogram_cache(config, show_progress=False)  # a hit: same files on disk
+    assert again.cache_files[0]["filename"] == table.cache_files[0]["filename"]
+    other = build_spectrogram_cache(
+        DataConfig(source=str(esc50_mini), resolution=32, top_db=60.0, cache_dir=str(spectrogram_cache_dir)),
+        show_progress=False,
+    )
+    assert other.cache_files[0]["filename"] != table.cache_files[0]["filename"]  # new setting, new key
+    assert len(select_folds(table, [4])) == len(read_clips(str(esc50_mini), folds=[4]))
+
+
+def test_cache_is_invalidated_when_a_file_changes(tmp_path, esc50_mini) -> None:
+    source = tmp_path / "esc"
+    (source / "meta").mkdir(parents=True)
+    (source / "audio").mkdir()
+    table = pd.read_csv(esc50_mini / "meta" / "esc50.csv").head(6)
+    table.to_csv(source / "meta" / "esc50.csv", index=False)
+    for name in table["filename"]:
+        shutil.copy(esc50_mini / "audio" / name, source / "audio" / name)
+    config = DataConfig(source=str(source), resolution=16, cache_dir=str(tmp_path / "cache"))
+    first = np.asarray(build_spectrogram_cache(config, show_progress=False).with_format("numpy")["spectrogram"])
+    changed = source / "audio" / sorted(table["filename"])[0]  # the first row of the sorted cache
+    samples, rate = soundfile.read(changed)
+    soundfile.write(changed, samples[::-1].copy(), rate)
+    second = np.asarray(build_spectrogram_cache(config, show_progress=False).with_format("numpy")["spectrogram"])
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+    assert not np.allclose(first[0], second[0]) and np.allclose(first[1:], second[1:])
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_model_range_per_normalization_mode(normalize: bool) -> None:
+    spectrograms = torch.rand(4, 1, 8, 8)
+    images = to_model_range(spectrograms, normalize)
+    low, high = (-1.0, 1.0) if normalize else (0.0, 1.0)
+    assert images.min() >= low and images.max() <= high
+    assert (images.min() < -0.5) == normalize
+    torch.testing.assert_close(from_model_range(images, normalize), spectrograms)
+
+
+def test_stream_splits_disjoint_halves_and_reshuffles_per_epoch(esc50_mini, spectrogram_cache_dir) -> None:
+    config = DataConfig(source=str(esc50_mini), resolution=32, cache_dir=str(spectrogram_cache_dir))
+    table = build_spectrogram_cache(config, show_progress=False).add_column("index", list(range(200)))
+    table = table.select_columns(["spectrogram", "target", "index"])
+
+    def indices(rank: int, epoch: int) -> list[int]:
+        from datasets.distributed import split_dataset_by_node
+
+        stream = table.to_iterable_dataset().shuffle(seed=1, buffer_size=64)
+        stream = split_dataset_by_node(stream, rank=rank, world_size=2)
+        stream.set_epoch(epoch)
+        return [row["index"] for row in stream]
+
+    rank0, rank1 = indices(0, 0), indices(1, 0)
+    assert len(rank0) == len(rank1) == 100
+    assert set(rank0).isdisjoint(rank1) and set(rank0) | set(rank1) == set(range(200))
+    assert indices(0, 1) != rank0  # a new epoch, a new order
+    assert indices(0, 0) == rank0  # repeatable
+
+    stream = spectrogram_stream(table.select_columns(["spectrogram", "target"]), 64, seed=1, rank=1, world_size=2)
+    row = next(iter(stream))
+    assert row["spectrogram"].shape == (32, 32) and row["spectrogram"].dtype == torch.float32
+
+
+def test_hub_schema_dataset_built_locally(tmp_path, esc50_mini) -> None:
+    """The hub path (ESC-50 columns + an `audio` column) read through `datasets` from a local folder."""
+    table = pd.read_csv(esc50_mini / "meta" / "esc50.csv").head(4)
+    audio = [{"bytes": (esc50_mini / "audio" / name).read_bytes(), "path": name} for name in table["filename"]]
+    hub = datasets.Dataset.from_pandas(table, preserve_index=False).add_column("audio", audio)
+    hub = hub.cast_column("audio", datasets.Audio())
+    folder = tmp_path / "hub_esc50"
+    folder.mkdir()
+    hub.to_parquet(str(folder / "train.parquet"))
+
+    clips = read_clips(str(folder))
+    assert list(clips["filename"]) == sorted(table["filename"])
+    assert all(isinstance(b, bytes) and len(b) > 1000 for b in clips["audio_bytes"])
+    config = DataConfig(source=str(folder), resolution=16, cache_dir=str(tmp_path / "cache"))
+    spectrograms = build_spectrogram_cache(config, show_progress=False)
+    assert len(spectrograms) == 4 and np.asarray(spectrograms[0]["spectrogram"]).shape == (16, 16)
+
+
+def test_unreachable_hub_id_names_the_ways_to_provide_data() -> None:
+    with pytest.raises(UserError, match="ashraq/esc50.*data.source"):
+        read_clips("ashraq/esc50")

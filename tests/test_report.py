@@ -1,0 +1,113 @@
+"""The results table: mean ± std over seeds per configuration, from runs logged into a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from evaluation import report
+
+AXES = ["train.loss", "model.attention", "data.normalize"]
+# (loss, attention, normalize) -> per-seed (fd_esc, esc_top1); random-looking numbers, not a pattern
+LOGGED = {
+    ("l1", "True", "True"): [(3.1, 0.10), (2.7, 0.14), (3.4, 0.08)],
+    ("l2", "True", "True"): [(2.2, 0.21), (2.5, 0.19), (1.9, 0.26)],
+    ("l1", "True", "False"): [(5.0, 0.02)],
+}
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch) -> tuple[str, str]:
+    """A sqlite store holding a parent run, its children above, one unrelated run, and a real-data ceiling."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    experiment = client.create_experiment("report-test", artifact_location=str(tmp_path / "artifacts"))
+    parent = client.create_run(experiment, run_name="sweep").info.run_id
+    for (loss, attention, normalize), seeds in LOGGED.items():
+        for seed, (fd, top1) in enumerate(seeds):
+            run = client.create_run(experiment, tags={"mlflow.parentRunId": parent, "sweep.axes": json.dumps(AXES)})
+            run_id = run.info.run_id
+            for key, value in (("train.loss", loss), ("model.attention", attention), ("data.normalize", normalize),
+                               ("seed", seed), ("output_dir", f"/x/{run_id}")):  # fmt: skip
+                client.log_param(run_id, key, value)
+            client.log_metric(run_id, "fd_esc", fd)
+            client.log_metric(run_id, "esc_top1", top1)
+            client.set_terminated(run_id)
+    stray = client.create_run(experiment).info.run_id  # not the sweep's: must not be counted
+    client.log_param(stray, "train.loss", "l1")
+    client.log_metric(stray, "fd_esc", 100.0)
+    client.log_metric(parent, "real_fd_esc", 0.5)
+    client.log_metric(parent, "real_esc_top1", 0.9)
+    return uri, parent
+
+
+def test_mean_and_std_over_seeds_per_configuration(store, tmp_path: Path):
+    _, parent = store
+    files = report.write_report("report-test", tmp_path / "out", parent_run_id=parent)
+    table = files.table.set_index("configuration")
+    for (loss, attention, normalize), seeds in LOGGED.items():
+        row = table.loc[f"loss={loss}, attention={attention}, normalize={normalize}"]
+        fds = [fd for fd, _ in seeds]
+        assert row["n"] == len(seeds)
+        assert row["fd_esc_mean"] == pytest.approx(statistics.mean(fds))
+        if len(seeds) > 1:
+            assert row["fd_esc_std"] == pytest.approx(statistics.stdev(fds))
+            assert row["esc_top1_std"] == pytest.approx(statistics.stdev([t for _, t in seeds]))
+        else:
+            assert pd.isna(row["fd_esc_std"])  # one seed: no spread to report
+    # The study's numbers sit beside the matching configurations.
+    assert table.loc["loss=l1, attention=True, normalize=True", "study"] == "L1"
+    assert table.loc["loss=l2, attention=True, normalize=True", "fad_vggish_published"] == pytest.approx(14.44)
+    assert table.loc["loss=l1, attention=True, normalize=False", "ca_map10_published"] == pytest.approx(0.160)
+    # The ceiling row comes from the real_* metrics.
+    assert table.loc["real data (ceiling)", "fd_esc_mean"] == pytest.approx(0.5)
+    assert table.loc["real data (ceiling)", "esc_top1_mean"] == pytest.approx(0.9)
+
+    markdown = files.markdown.read_text()
+    assert "L1 without normalization: 21.85 / 0.076 / 0.262 / 0.425 / 0.16" in markdown
+    assert f"{statistics.mean([3.1, 2.7, 3.4]):.4g} ± {statistics.stdev([3.1, 2.7, 3.4]):.2g}" in markdown
+    written = pd.read_csv(files.csv)
+    assert len(written) == len(LOGGED) + 1  # configurations + the ceiling
+    assert files.figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list((tmp_path / "out").glob(".*"))  # no temporary files left behind
+
+
+def test_whole_experiment_groups_by_the_params_that_differ(store, tmp_path: Path):
+    runs = report.load_runs("report-test")  # every run with metrics: the stray one included
+    assert len(runs) == sum(len(s) for s in LOGGED.values()) + 1
+    untagged = runs.drop(columns=["tags.sweep.axes"])
+    table = report.summarize(untagged, report.find_axes(untagged))
+    # Without the sweep's tag the axes are inferred: the params that vary, minus seed and output_dir
+    # (attention is True in every run: not an axis).
+    assert report.find_axes(untagged) == ["train.loss", "data.normalize"] or set(report.find_axes(untagged)) == {
+        "train.loss", "data.normalize"}
+    assert "seed" not in table.columns and "output_dir" not in table.columns
+    assert len(table) == len(LOGGED) + 1  # the stray run (no normalize param) is a configuration of its own
+
+
+def test_cli_logs_the_report_to_the_parent_run(store, tmp_path: Path, capsys):
+    import mlflow
+
+    uri, parent = store
+    report.main(["--experiment", "report-test", "--parent", parent, "--tracking-uri", uri,
+                 "--out", str(tmp_path / "cli"), "--log-to-parent"])  # fmt: skip
+    assert "| configuration | n | fd_esc | esc_top1 |" in capsys.readouterr().out
+    logged = {Path(f.path).name for f in mlflow.tracking.MlflowClient().list_artifacts(parent, "report")}
+    assert logged == {"report.md", "report.csv", "report.png"}
+
+
+def test_unknown_experiment_exits_2(store, capsys):
+    uri, _ = store
+    with pytest.raises(SystemExit) as exit_info:
+        report.main(["--experiment", "no-such-experiment", "--tracking-uri", uri])
+    assert exit_info.value.code == 2
+    assert "no-such-experiment" in capsys.readouterr().err

@@ -1,0 +1,130 @@
+"""Training through accelerate launch, DDP on two CPU processes, exact resume, divergence."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from core.errors import UserError
+from tests.conftest import REPO, TINY_CONFIG, free_port
+from training.checkpoints import complete_checkpoints
+from training.train import train
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def _common_overrides(tmp_path: Path, esc50_mini: Path, cache: Path) -> list[str]:
+    return [
+        f"data.source={esc50_mini}",
+        f"data.cache_dir={cache}",
+        f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "train.sample_classes=[0]",
+    ]
+
+
+def _run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=600, **kwargs)
+
+
+@pytest.mark.slow
+def test_accelerate_launch_trains_checkpoints_and_tracks(tmp_path, esc50_mini, spectrogram_cache_dir) -> None:
+    import mlflow
+
+    output = tmp_path / "run"
+    result = _run(
+        [str(VENV_BIN / "accelerate"), "launch", "--config_file", "accelerate_config.yaml", "--cpu",
+         "-m", "training.train", "--config", str(TINY_CONFIG), "--no-progress", f"output_dir={output}",
+         "train.max_steps=6", "train.checkpoint_every=3", "train.log_every=2",
+         *_common_overrides(tmp_path, esc50_mini, spectrogram_cache_dir)],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name for p in complete_checkpoints(output)] == ["step_000003", "step_000006"]
+    assert (output / "model" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert json.loads((output / "model" / "audio.json").read_text())["mel"]["resolution"] == 32
+    run_id = json.loads((output / "run.json").read_text())["mlflow_run_id"]
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.max_steps"] == "6"
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [2, 3, 4, 6]
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_each_see_a_different_half(tmp_path, esc50_mini, spectrogram_cache_dir) -> None:
+    overrides = _common_overrides(tmp_path, esc50_mini, spectrogram_cache_dir)
+    torchrun = [str(VENV_BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port())]
+    probe = _run([*torchrun, "tests/ddp_probe.py", str(TINY_CONFIG), str(tmp_path), f"output_dir={tmp_path}", *overrides])
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert all(r["world_size"] == 2 for r in ranks)
+    seen0, seen1 = set(ranks[0]["seen"]), set(ranks[1]["seen"])
+    assert len(ranks[0]["seen"]) == len(ranks[1]["seen"]) == ranks[0]["batches"] * 16 > 0
+    assert seen0.isdisjoint(seen1)
+
+    # The real loop on two processes (gloo): gradients are averaged, one model comes out.
+    output = tmp_path / "ddp-run"
+    trained = _run(
+        [*torchrun, "-m", "training.train", "--config", str(TINY_CONFIG), "--no-progress", f"output_dir={output}",
+         "train.max_steps=4", "train.checkpoint_every=2", "train.log_every=1", *overrides],
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert (output / "model" / "audio.json").is_file()
+    assert [p.name for p in complete_checkpoints(output)] == ["step_000002", "step_000004"]
+    assert (complete_checkpoints(output)[-1] / "random_states_1.pkl").is_file()  # each process's RNG is saved
+
+
+def _weights(output_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(output_dir / "model" / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+def test_resume_matches_uninterrupted_run(tmp_path, tiny_config) -> None:
+    import mlflow
+
+    settings = ["train.max_steps=16", "train.checkpoint_every=5", "train.log_every=1", "train.sample_every=5"]
+    straight = train(tiny_config(*settings, output_dir=tmp_path / "straight"), show_progress=False)
+    interrupted_config = tiny_config(*settings, output_dir=tmp_path / "interrupted")
+    first = train(interrupted_config, show_progress=False, stop_after_steps=7)
+    assert first.step == 7 and not first.model_dir.exists()
+    rest = train(interrupted_config, resume="latest", show_progress=False)
+
+    assert rest.run_id == first.run_id  # the same MLflow run continues
+    assert {**first.losses, **rest.losses} == straight.losses  # crosses an epoch boundary (12 batches)
+    assert sorted(straight.losses) == list(range(1, 17))
+    resumed, reference = _weights(rest.output_dir), _weights(straight.output_dir)
+    assert resumed.keys() == reference.keys()
+    for name, tensor in reference.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=0, msg=name)
+    client = mlflow.tracking.MlflowClient(tracking_uri=interrupted_config.tracking.tracking_uri)
+    history = client.get_metric_history(rest.run_id, "loss")
+    assert sorted(m.step for m in history) == list(range(1, 17))  # each step once, none lost or doubled
+    assert client.get_run(rest.run_id).info.status == "FINISHED"
+
+
+def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_config) -> None:
+    config = tiny_config(
+        "train.max_steps=40", "train.checkpoint_every=2", "train.log_every=1", "train.learning_rate=1e30",
+        "train.warmup_steps=1000000", "train.max_grad_norm=1e30",  # lr 0 at the first update, then huge
+    )  # fmt: skip
+    with pytest.raises(UserError, match=r"loss became (nan|inf).*last good checkpoint"):
+        train(config, show_progress=False)
+    assert not (Path(config.output_dir) / "model").exists()
+    for checkpoint in complete_checkpoints(config.output_dir):
+        weights = load_file(checkpoint / "model.safetensors")
+        assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+def test_second_run_into_the_same_output_dir_is_refused(tmp_path, tiny_config) -> None:
+    config = tiny_config("train.max_steps=2", "train.checkpoint_every=2")
+    train(config, show_progress=False)
+    before = (Path(config.output_dir) / "config.yaml").read_text()
+    with pytest.raises(UserError, match="already holds a run"):
+        train(config, show_progress=False)
+    assert (Path(config.output_dir) / "config.yaml").read_text() == before

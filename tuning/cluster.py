@@ -1,0 +1,75 @@
+"""Ray: join a cluster or start a local one, and check up front that a trial fits on it.
+
+Ray does not fail a trial that asks for more than any node has: it waits forever with a warning.
+The sweep checks first and stops with one line saying what is missing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from core.errors import UserError
+
+
+def connect(address: str | None, num_cpus: int | None) -> bool:
+    """Connect to Ray; returns True when this call started it (and so should shut it down).
+
+    An already initialized Ray (a test, a notebook) is used as it is.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address:
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            raise UserError(
+                f"cannot join the Ray cluster at --address {address}: {str(error).splitlines()[0]}"
+            ) from None
+        return True
+    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False)
+    return True
+
+
+def alive_node_resources() -> list[dict[str, float]]:
+    import ray
+
+    return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+
+
+def trial_slots(nodes: list[dict[str, float]], cpus: float, gpus: float) -> int:
+    """How many bundles of (cpus, gpus) the nodes hold at once, each bundle on one node."""
+    slots = 0
+    for resources in nodes:
+        fits = [math.floor(resources.get("CPU", 0.0) / cpus + 1e-9)] if cpus > 0 else []
+        if gpus > 0:
+            fits.append(math.floor(resources.get("GPU", 0.0) / gpus + 1e-9))
+        slots += min(fits) if fits else 0
+    return slots
+
+
+def check_resources(cpus_per_trial: float, gpus_per_trial: float, workers: int) -> int:
+    """Fail unless at least one trial fits; returns how many trials fit at once."""
+    nodes = alive_node_resources()
+    total_cpus = sum(n.get("CPU", 0.0) for n in nodes)
+    total_gpus = sum(n.get("GPU", 0.0) for n in nodes)
+    described = f"{len(nodes)} node(s), {total_cpus:g} CPUs, {total_gpus:g} GPUs"
+    if gpus_per_trial > 0 and total_gpus == 0:
+        raise UserError(
+            f"sweep.gpus_per_trial={gpus_per_trial:g} but the Ray cluster has no GPUs ({described}); "
+            "set sweep.gpus_per_trial=0 (--gpus-per-trial 0) or join a cluster with GPU nodes"
+        )
+    if workers > 1:  # Ray Train workers may spread over nodes: count worker bundles
+        fitted = trial_slots(nodes, cpus_per_trial / workers, gpus_per_trial / workers) // workers
+        unit = f"{workers} workers x ({cpus_per_trial / workers:g} CPU, {gpus_per_trial / workers:g} GPU)"
+    else:
+        fitted = trial_slots(nodes, cpus_per_trial, gpus_per_trial)
+        unit = f"{cpus_per_trial:g} CPU and {gpus_per_trial:g} GPU on one node"
+    if fitted < 1:
+        raise UserError(
+            f"a trial needs {unit} but no such room exists on the Ray cluster ({described}); "
+            "lower sweep.cpus_per_trial / sweep.gpus_per_trial or add nodes"
+        )
+    return fitted

@@ -1,0 +1,276 @@
+"""Run an ablation grid on Ray Tune: every trial trains, generates and scores; MLflow holds it all.
+
+    python -m tuning.sweep --config configs/ablation.yaml [--address auto] [--resume] [key=value ...]
+
+One parent MLflow run per sweep, one nested child run per trial, the results table at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from core.errors import UserError, exit_on_user_error
+from core.esc50 import is_local_source
+from core.tracking import configure_tracking
+from tuning.spec import SweepSpec, load_sweep, trial_key
+from tuning.trial import FAIL_ONCE_ENV, TrialContext, run_trial
+
+log = logging.getLogger(__name__)
+RECORD = "sweep.json"  # <sweep_dir>/sweep.json: the parent run id, kept for --resume
+
+
+@dataclass
+class SweepOutcome:
+    sweep_dir: Path
+    parent_run_id: str
+    tracking_uri: str  # the store the runs went to (a sweep-local server's store, not its address)
+    total: int
+    finished: int
+    errored: list[str]
+    report_dir: Path | None
+
+
+def run_sweep(
+    spec: SweepSpec, address: str | None = None, resume: bool = False, num_cpus: int | None = None
+) -> SweepOutcome:
+    """Run (or with `resume`, continue) the sweep; the function behind the CLI, also used by tests."""
+    from tuning.cluster import check_resources, connect
+    from tuning.tracking_server import absolute_store_uri, tracking_server
+
+    settings = spec.settings
+    launcher_run_id = os.environ.pop("MLFLOW_RUN_ID", "")  # `mlflow run . -e sweep` made the parent for us
+    sweep_dir = Path(settings.storage_path).expanduser().resolve() / settings.name
+    record = sweep_dir / RECORD
+    if resume and not record.is_file():
+        raise UserError(f"nothing to resume: no sweep '{settings.name}' in {sweep_dir.parent} ({RECORD} missing)")
+    if not resume and record.is_file():
+        raise UserError(
+            f"sweep '{settings.name}' already exists in {sweep_dir.parent}; "
+            "pass --resume to continue it, or choose another sweep.name"
+        )
+    pin_paths(spec)
+    import mlflow
+
+    store = absolute_store_uri(spec.base["tracking"]["tracking_uri"] or mlflow.get_tracking_uri())
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with tracking_server(store, sweep_dir / "mlflow-server.log") as uri:
+        configure_tracking(uri, spec.base["tracking"]["experiment"])
+        parent_run_id = open_parent_run(spec, sweep_dir, launcher_run_id)
+        started_ray = connect(address, num_cpus)
+        try:
+            fitting = check_resources(settings.cpus_per_trial, settings.gpus_per_trial, spec.workers)
+            warm_spectrogram_caches(spec)
+            context = TrialContext(spec, str(sweep_dir), uri, parent_run_id, os.environ.get(FAIL_ONCE_ENV, ""))
+            grid = build_tuner(spec, context, resume, fitting).fit()
+        finally:
+            if started_ray:
+                import ray
+
+                ray.shutdown()
+        outcome = summarize(spec, grid, sweep_dir, parent_run_id, store)
+        outcome.report_dir = finish_parent_run(spec, outcome, uri)
+    return outcome
+
+
+def pin_paths(spec: SweepSpec) -> None:
+    """Trials run in their own folders: every relative path is made absolute before Tune starts."""
+    data = spec.base["data"]
+    if is_local_source(data["source"]):
+        data["source"] = str(Path(data["source"]).expanduser().resolve())
+    data["cache_dir"] = str(Path(data["cache_dir"]).expanduser().resolve())
+    evaluate = spec.settings.evaluate
+    if evaluate.reference and is_local_source(evaluate.reference):
+        evaluate.reference = str(Path(evaluate.reference).expanduser().resolve())
+    evaluate.cache_dir = str(Path(evaluate.cache_dir or ".cache/evaluation").expanduser().resolve())
+
+
+def param_space(spec: SweepSpec) -> dict[str, Any]:
+    from ray import tune
+
+    space: dict[str, Any] = {key: tune.grid_search(list(values)) for key, values in spec.grid.items()}
+    for key, distribution in spec.space.items():
+        ((name, arguments),) = distribution.items()
+        space[key] = tune.choice(list(arguments)) if name == "choice" else getattr(tune, name)(*arguments)
+    if spec.settings.num_samples > 1:  # each sample is its own trial folder and run, found again by index
+        space["sample"] = tune.grid_search(list(range(spec.settings.num_samples)))
+    space["seed"] = tune.grid_search(list(spec.settings.seeds))
+    return space
+
+
+def build_tuner(spec: SweepSpec, context: TrialContext, resume: bool, fitting: int):
+    from ray import tune
+
+    settings = spec.settings
+    if spec.workers > 1:  # the trial only drives Ray Train workers, which hold the CPUs and GPUs
+        resources = {"cpu": 0}
+        concurrent = settings.max_concurrent_trials or fitting
+    else:
+        resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
+        concurrent = settings.max_concurrent_trials or None
+    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), resources)
+    tune_dir = Path(context.sweep_dir) / "tune"
+    if resume and tune.Tuner.can_restore(str(tune_dir)):
+        # Finished trials stay finished; errored ones continue from their last checkpoint.
+        return tune.Tuner.restore(str(tune_dir), trainable, resume_unfinished=True, resume_errored=True)
+    scheduler = None
+    if settings.search == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration", max_t=spec.stages, grace_period=settings.asha.grace_period,
+            reduction_factor=settings.asha.reduction_factor,
+        )  # fmt: skip
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(spec),
+        tune_config=tune.TuneConfig(
+            metric=settings.metric if scheduler else None, mode=settings.mode if scheduler else None,
+            scheduler=scheduler, num_samples=1, max_concurrent_trials=concurrent,
+            trial_dirname_creator=lambda trial: trial_key(trial.config),
+        ),
+        run_config=tune.RunConfig(
+            name="tune", storage_path=context.sweep_dir,
+            failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        ),
+    )  # fmt: skip
+
+
+def warm_spectrogram_caches(spec: SweepSpec) -> None:
+    """Compute each distinct spectrogram cache once, here, instead of in several trials at once."""
+    from core.spectrograms import build_spectrogram_cache
+
+    seen = set()
+    for values in itertools.product(*spec.grid.values()):
+        config = spec.trial_config({**dict(zip(spec.grid, values)), "seed": spec.settings.seeds[0]})
+        key = json.dumps(asdict(config.data), sort_keys=True, default=str)
+        if key in seen or not is_local_source(config.data.source):
+            continue
+        seen.add(key)
+        build_spectrogram_cache(config.data, show_progress=True)
+
+
+def open_parent_run(spec: SweepSpec, sweep_dir: Path, launcher_run_id: str) -> str:
+    """The sweep's parent run: the recorded one on --resume, the launcher's, or a new one."""
+    import mlflow
+    from mlflow.entities import Param, RunTag
+
+    client = mlflow.tracking.MlflowClient()
+    record = sweep_dir / RECORD
+    if record.is_file():
+        parent = json.loads(record.read_text())["parent_run_id"]
+        client.update_run(parent, status="RUNNING")
+        return parent
+    experiment = mlflow.get_experiment_by_name(spec.base["tracking"]["experiment"])
+    parent = launcher_run_id or client.create_run(experiment.experiment_id, run_name=spec.settings.name).info.run_id
+    tags = {
+        "sweep.name": spec.settings.name, "sweep.axes": json.dumps(spec.axes), "sweep.dir": str(sweep_dir),
+        "sweep.trials": str(spec.trial_count()), "sweep.source": spec.source,
+    }  # fmt: skip
+    flat = {f"sweep.{k}": v for k, v in _flatten(OmegaConf.to_container(OmegaConf.structured(spec.settings))).items()}
+    flat.update({f"base.{k}": v for k, v in _flatten(spec.base).items()})
+    params = [Param(k, str(v)[:6000]) for k, v in flat.items()]
+    for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(parent, params=params[start : start + 100])
+    client.log_batch(parent, tags=[RunTag(k, v) for k, v in tags.items()])
+    resolved = sweep_dir / "sweep.yaml"
+    temporary = sweep_dir / ".sweep.yaml.tmp"
+    document = {"base": spec.base, "sweep": OmegaConf.to_container(OmegaConf.structured(spec.settings))}
+    temporary.write_text(OmegaConf.to_yaml(OmegaConf.create(document)))
+    os.replace(temporary, resolved)
+    client.log_artifact(parent, str(resolved))
+    temporary = sweep_dir / f".{RECORD}.tmp"
+    temporary.write_text(json.dumps({"parent_run_id": parent, "name": spec.settings.name}))
+    os.replace(temporary, record)
+    return parent
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict) and node:
+        flat: dict[str, Any] = {}
+        for key, value in node.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: node}
+
+
+def summarize(spec: SweepSpec, grid, sweep_dir: Path, parent_run_id: str, store: str) -> SweepOutcome:
+    finished, errored = 0, []
+    for result in grid:
+        name = trial_key(result.config or {})
+        if result.error is not None:
+            errored.append(f"{name}: {str(result.error).splitlines()[0][:200]}")
+        elif (result.metrics or {}).get("stage") == spec.stages:
+            finished += 1
+    return SweepOutcome(sweep_dir, parent_run_id, store, spec.trial_count(), finished, errored, None)
+
+
+def finish_parent_run(spec: SweepSpec, outcome: SweepOutcome, uri: str) -> Path | None:
+    """Write the results table into the sweep folder and the parent run; close the parent run."""
+    import mlflow
+
+    from evaluation.report import write_report
+
+    client = mlflow.tracking.MlflowClient()
+    report_dir = None
+    if outcome.finished:
+        report_dir = outcome.sweep_dir / "report"
+        files = write_report(spec.base["tracking"]["experiment"], report_dir, parent_run_id=outcome.parent_run_id)
+        client.log_artifacts(outcome.parent_run_id, str(report_dir), "report")
+        print(files.markdown.read_text())
+    complete = outcome.finished == outcome.total and not outcome.errored
+    status = "FINISHED" if complete else ("FAILED" if outcome.errored else "KILLED")
+    client.set_terminated(outcome.parent_run_id, status)
+    return report_dir
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m tuning.sweep",
+        description="Run the ablation grid on Ray Tune (one box or a Ray cluster), tracked in MLflow.",
+        epilog="Example: python -m tuning.sweep --config configs/ablation_tiny.yaml sweep.seeds=[0,1]",
+    )
+    parser.add_argument("--config", required=True, help="sweep file (configs/ablation.yaml, ablation_tiny.yaml)")
+    parser.add_argument("--address", help="join a running Ray cluster: 'auto' or HOST:PORT (default: start one here)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
+    parser.add_argument("--num-cpus", type=int, help="CPUs for the local Ray (default: all)")
+    parser.add_argument("--cpus-per-trial", type=float, help="= sweep.cpus_per_trial")
+    parser.add_argument("--gpus-per-trial", type=float, help="= sweep.gpus_per_trial (> 1: distributed training)")
+    parser.add_argument("--storage-path", help="= sweep.storage_path: a folder all nodes share")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides: sweep.seeds=[0] train.max_steps=100 ...")
+    return parser.parse_args(argv)
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides = list(args.overrides)
+    for flag, key in (("cpus_per_trial", "cpus_per_trial"), ("gpus_per_trial", "gpus_per_trial")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"sweep.{key}={getattr(args, flag)}")
+    if args.storage_path:
+        overrides.append(f"sweep.storage_path={args.storage_path}")
+    spec = load_sweep(args.config, overrides)
+    outcome = run_sweep(spec, address=args.address, resume=args.resume, num_cpus=args.num_cpus)
+    print(f"sweep {spec.settings.name}: {outcome.finished}/{outcome.total} trials finished; parent MLflow run "
+          f"{outcome.parent_run_id}; files in {outcome.sweep_dir}")  # fmt: skip
+    if outcome.finished < outcome.total:
+        for line in outcome.errored:
+            print(f"failed: {line}")
+        print(f"continue with: python -m tuning.sweep --config {args.config} --resume (same overrides)")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    raise SystemExit(main())

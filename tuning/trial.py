@@ -1,0 +1,180 @@
+"""One sweep trial: train, generate, score with the single-run functions, and report to Tune.
+
+A trial's folder (`<sweep>/trials/<key>`) and MLflow child run are named by its axis values and
+seed, not by Ray's trial folder, so a retried trial, a resumed sweep or a trial restarted on another
+node continues the same training folder and the same MLflow run instead of starting a duplicate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.config import Config
+from tuning.spec import SweepSpec, trial_key
+
+log = logging.getLogger(__name__)
+KEY_TAG = "sweep.trial_key"  # the MLflow tag that finds a trial's child run again
+STATE_FILE = "trial_state.json"  # inside the Tune checkpoint: stages done and where the trial's files are
+FAIL_ONCE_ENV = "TUNING_FAIL_ONCE_DIR"  # tests: each trial fails once, after training, leaving a marker here
+
+
+@dataclass
+class TrialContext:
+    """What every trial shares; rebuilt by the driver on each (re)start, so it is never stale."""
+
+    spec: SweepSpec
+    sweep_dir: str  # absolute: <storage_path>/<name>
+    tracking_uri: str  # an http(s) MLflow server
+    parent_run_id: str
+    fail_once_dir: str = ""
+
+
+def trial_dir(context: TrialContext, params: dict[str, Any]) -> Path:
+    return Path(context.sweep_dir) / "trials" / trial_key(params)
+
+
+def run_trial(params: dict[str, Any], context: TrialContext) -> None:
+    """The Tune trainable: `params` holds the axis values and `seed` of this trial."""
+    import torch
+    from ray import tune
+
+    # `mlflow run` sets MLFLOW_RUN_ID for the driver; inherited here it would hijack the child run.
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    os.environ["MLFLOW_TRACKING_URI"] = context.tracking_uri
+    torch.set_num_threads(max(1, int(context.spec.settings.cpus_per_trial)))
+
+    spec, key = context.spec, trial_key(params)
+    output_dir = trial_dir(context, params)
+    done = _stages_done(tune.get_checkpoint())
+    for stage in range(done, spec.stages):
+        config = stage_config(context, params, output_dir, stage)
+        run_id = adopt_child_run(output_dir, config.tracking.experiment, context.parent_run_id, key)
+        tags = {**{axis: str(params[axis]) for axis in spec.axes}, "seed": str(params["seed"]), KEY_TAG: key}
+        tags.update({"sweep.name": spec.settings.name, "sweep.axes": json.dumps(spec.axes)})
+        resume = "latest" if (output_dir / "config.yaml").is_file() else None
+        if spec.workers > 1:
+            from tuning.distributed import train_and_score_distributed
+
+            metrics, run_id = train_and_score_distributed(context, config, resume, tags, stage)
+        else:
+            metrics, run_id = train_and_score(context, config, resume, tags, stage)
+        metrics = {**metrics, "stage": stage + 1, "train_steps": config.train.max_steps}
+        with tempfile.TemporaryDirectory() as folder:
+            state = {"stages_done": stage + 1, "output_dir": str(output_dir), "mlflow_run_id": run_id, "key": key}
+            (Path(folder) / STATE_FILE).write_text(json.dumps(state))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def stage_config(context: TrialContext, params: dict[str, Any], output_dir: Path, stage: int) -> Config:
+    spec = context.spec
+    config = spec.trial_config(params)
+    config.output_dir = str(output_dir)
+    config.tracking.tracking_uri = context.tracking_uri
+    config.tracking.run_name = f"{spec.settings.name}/{output_dir.name}"
+    if spec.stages > 1:  # ASHA: the training budget is cut into equal stages, each scored
+        config.train.max_steps = max(1, round(config.train.max_steps * (stage + 1) / spec.stages))
+    return config
+
+
+def _stages_done(checkpoint) -> int:
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as folder:
+        state_file = Path(folder) / STATE_FILE
+        return json.loads(state_file.read_text())["stages_done"] if state_file.is_file() else 0
+
+
+def adopt_child_run(output_dir: Path, experiment: str, parent_run_id: str, key: str) -> str:
+    """Reuse this trial's MLflow child run if one exists; returns its id ('' when none yet).
+
+    Training continues the run named in `output_dir/run.json`; when that file is gone (the trial
+    restarted on a node without the folder), the run is found again by its key tag under the parent.
+    """
+    import mlflow
+
+    record = output_dir / "run.json"
+    if record.is_file():
+        return json.loads(record.read_text())["mlflow_run_id"]
+    client = mlflow.tracking.MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return ""
+    runs = client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`{KEY_TAG}` = '{key}' AND tags.`mlflow.parentRunId` = '{parent_run_id}'",
+        max_results=1,
+    )
+    if not runs:
+        return ""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    temporary = output_dir / ".run.json.tmp"
+    temporary.write_text(json.dumps({"mlflow_run_id": runs[0].info.run_id}))
+    os.replace(temporary, record)
+    return runs[0].info.run_id
+
+
+def train_and_score(
+    context: TrialContext,
+    config: Config,
+    resume: str | None,
+    tags: dict[str, str],
+    stage: int,
+    train_only: bool = False,
+) -> tuple[dict[str, float], str]:
+    """Train (or continue), then generate and score on this process; returns (metrics, MLflow run id)."""
+    from training.train import train
+
+    result = train(config, resume=resume, show_progress=False, parent_run_id=context.parent_run_id, run_tags=tags)
+    if train_only:
+        return {}, result.run_id
+    _maybe_fail_once(context, Path(config.output_dir))
+    return generate_and_score(context, config, result.model_dir, result.run_id, stage), result.run_id
+
+
+def generate_and_score(context: TrialContext, config: Config, model_dir: Path, run_id: str, stage: int) -> dict:
+    from evaluation.evaluate import log_evaluation, score_generated
+    from training.generate import GenerationRequest, generate
+
+    settings = context.spec.settings
+    output_dir = Path(config.output_dir)
+    generated = output_dir / ("generated" if context.spec.stages == 1 else f"generated_stage{stage + 1}")
+    generate(
+        GenerationRequest(
+            model=str(model_dir), out=str(generated), per_class=settings.generate.per_class,
+            classes=list(settings.generate.classes) or None, scheduler=config.sample.scheduler,
+            steps=config.sample.steps, guidance_scale=config.sample.guidance_scale,
+            batch_size=config.sample.batch_size, griffin_lim_iters=config.sample.griffin_lim_iters, seed=config.seed,
+        ),
+        show_progress=False,
+    )  # fmt: skip
+    evaluate = settings.evaluate
+    metrics = score_generated(
+        str(generated), evaluate.reference or config.data.source, list(evaluate.metrics),
+        reference_folds=tuple(evaluate.reference_folds), sample_rate=config.data.sample_rate,
+        cache_dir=evaluate.cache_dir, show_progress=False, **dict(evaluate.options),
+    )  # fmt: skip
+    evaluation_dir = output_dir / ("evaluation" if context.spec.stages == 1 else f"evaluation_stage{stage + 1}")
+    evaluation_dir.mkdir(parents=True, exist_ok=True)
+    temporary = evaluation_dir / ".metrics.json.tmp"
+    temporary.write_text(json.dumps(metrics, indent=2))
+    os.replace(temporary, evaluation_dir / "metrics.json")
+    if run_id:
+        log_evaluation(run_id, metrics, evaluation_dir)
+    return {name: float(value) for name, value in metrics.items()}
+
+
+def _maybe_fail_once(context: TrialContext, output_dir: Path) -> None:
+    """Fault injection for the retry test: the first attempt of each trial dies after training."""
+    if not context.fail_once_dir:
+        return
+    marker = Path(context.fail_once_dir) / output_dir.name
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("failed once\n")
+        raise RuntimeError(f"injected failure for {output_dir.name} ({FAIL_ONCE_ENV})")
