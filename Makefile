@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: install
-	$(PYTHON) -m demo
+	$(PYTHON) -m demo $(DEMO_ARGS)
 
 test: install
 	$(PYTHON) -m ruff check .

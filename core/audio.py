@@ -53,7 +53,7 @@ def decode_audio(source: str | os.PathLike | bytes, sample_rate: int, seconds: f
         raise BadAudioError(f"audio file {name} is truncated ({present} of {declared} data bytes present)")
     if not np.isfinite(samples).all():
         raise BadAudioError(f"audio file {name} contains NaN or infinite samples")
-    mono = samples.mean(axis=1)
+    mono = samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1)  # ESC-50 is mono: skip the copy
     if not np.any(mono):
         raise BadAudioError(f"audio file {name} is pure silence")
     if native_rate != sample_rate:
@@ -136,7 +136,7 @@ class MelTransform:
             samples = samples / np.maximum(peak_amplitude, 1.0)
         stft = librosa.stft(samples, n_fft=s.window_length, hop_length=s.hop_length, center=True)
         power = np.abs(stft) ** 2
-        mel = np.einsum("mf,...ft->...mt", self._filters, power)[..., : s.resolution]
+        mel = np.matmul(self._filters, power)[..., : s.resolution]  # BLAS; np.einsum without optimize is 5x slower
         # Per-clip peak reference, as teticio's Mel: loudness is not what the model should learn.
         peak = np.maximum(mel.max(axis=(-2, -1), keepdims=True), 1e-10)
         db = 10.0 * np.log10(np.maximum(mel, 1e-10) / peak)

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from core.errors import UserError
 
@@ -40,7 +40,8 @@ def configure_tracking(tracking_uri: str = "", experiment: str = "", check_serve
 
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
-    uri = mlflow.get_tracking_uri()
+    uri = _credentials_to_environment(mlflow.get_tracking_uri())
+    mlflow.set_tracking_uri(uri)
     if check_server and uri.startswith(("http://", "https://")):
         _check_server(uri)
     if experiment:
@@ -51,6 +52,20 @@ def configure_tracking(tracking_uri: str = "", experiment: str = "", check_serve
                 f"cannot use MLflow experiment '{experiment}' at {redact_uri(uri)}: {_one_line(error)}"
             ) from None
     return uri
+
+
+def _credentials_to_environment(uri: str) -> str:
+    """`http://user:token@host` -> `http://host` with MLFLOW_TRACKING_USERNAME/PASSWORD set: MLflow sends the same
+    basic auth, but its messages (errors, the "View run at" link it prints) then never carry the token."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not (parts.username and parts.password):
+        if parts.username:  # a credential MLflow cannot move: at least keep it out of what MLflow prints
+            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+        return uri
+    os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(parts.username)
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(parts.password)
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname or ""  # IPv6
+    return urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
 
 
 def _check_server(uri: str, timeout: float = 5.0) -> None:
@@ -67,7 +82,13 @@ def _check_server(uri: str, timeout: float = 5.0) -> None:
 
 
 def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
+    # MLflow's and requests' errors quote the full URL, credentials included.
+    return redact_text(" ".join(str(error).split())) or type(error).__name__
+
+
+def redact_text(text: str) -> str:
+    """Credentials of every URL in `text` replaced by *** (`http://user:token@host` -> `http://***@host`)."""
+    return re.sub(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@", r"\1***@", text)
 
 
 def git_commit() -> str:

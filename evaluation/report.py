@@ -122,7 +122,7 @@ def _published_for(group: pd.DataFrame) -> tuple[str, tuple]:
 
 def _ceiling_row(runs: pd.DataFrame, metrics: list[str]) -> dict | None:
     """Real clips scored like generated ones (metrics `real_*`), averaged over the runs that logged them."""
-    present = [m for m in METRICS if f"metrics.{REAL_PREFIX}{m}" in runs.columns]
+    present = [m for m in METRICS if runs.get(f"metrics.{REAL_PREFIX}{m}", pd.Series(dtype=float)).notna().any()]
     if not present:
         return None
     row: dict = {"configuration": CEILING, "study": "", "n": 0}

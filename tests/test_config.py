@@ -67,7 +67,15 @@ def test_round_trip_through_yaml_and_hash_ignores_output_dir(tmp_path) -> None:
 
 def test_unknown_key_on_the_command_line_exits_2_with_one_line(tmp_path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "training.train", "--config", str(TINY_CONFIG), "train.bogus=1", f"output_dir={tmp_path}"],
+        [
+            sys.executable,
+            "-m",
+            "training.train",
+            "--config",
+            str(TINY_CONFIG),
+            "train.bogus=1",
+            f"output_dir={tmp_path}",
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -61,7 +61,9 @@ def test_accelerate_launch_trains_checkpoints_and_tracks(tmp_path, esc50_mini, s
 def test_two_cpu_processes_each_see_a_different_half(tmp_path, esc50_mini, spectrogram_cache_dir) -> None:
     overrides = _common_overrides(tmp_path, esc50_mini, spectrogram_cache_dir)
     torchrun = [str(VENV_BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port())]
-    probe = _run([*torchrun, "tests/ddp_probe.py", str(TINY_CONFIG), str(tmp_path), f"output_dir={tmp_path}", *overrides])
+    probe = _run(
+        [*torchrun, "tests/ddp_probe.py", str(TINY_CONFIG), str(tmp_path), f"output_dir={tmp_path}", *overrides]
+    )
     assert probe.returncode == 0, probe.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert all(r["world_size"] == 2 for r in ranks)

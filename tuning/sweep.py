@@ -61,23 +61,23 @@ def run_sweep(
     import mlflow
 
     store = absolute_store_uri(spec.base["tracking"]["tracking_uri"] or mlflow.get_tracking_uri())
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    with tracking_server(store, sweep_dir / "mlflow-server.log") as uri:
-        configure_tracking(uri, spec.base["tracking"]["experiment"])
-        parent_run_id = open_parent_run(spec, sweep_dir, launcher_run_id)
-        started_ray = connect(address, num_cpus)
-        try:
-            fitting = check_resources(settings.cpus_per_trial, settings.gpus_per_trial, spec.workers)
-            warm_spectrogram_caches(spec)
+    started_ray = connect(address, num_cpus)
+    try:  # resources first: a sweep that cannot run leaves no parent run and no sweep record behind
+        fitting = check_resources(settings.cpus_per_trial, settings.gpus_per_trial, spec.workers)
+        warm_spectrogram_caches(spec)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        with tracking_server(store, sweep_dir / "mlflow-server.log") as uri:
+            configure_tracking(uri, spec.base["tracking"]["experiment"])
+            parent_run_id = open_parent_run(spec, sweep_dir, launcher_run_id)
             context = TrialContext(spec, str(sweep_dir), uri, parent_run_id, os.environ.get(FAIL_ONCE_ENV, ""))
             grid = build_tuner(spec, context, resume, fitting).fit()
-        finally:
-            if started_ray:
-                import ray
+            outcome = summarize(spec, grid, sweep_dir, parent_run_id, store)
+            outcome.report_dir = finish_parent_run(spec, outcome)
+    finally:
+        if started_ray:
+            import ray
 
-                ray.shutdown()
-        outcome = summarize(spec, grid, sweep_dir, parent_run_id, store)
-        outcome.report_dir = finish_parent_run(spec, outcome, uri)
+            ray.shutdown()
     return outcome
 
 
@@ -134,7 +134,7 @@ def build_tuner(spec: SweepSpec, context: TrialContext, resume: bool, fitting: i
         param_space=param_space(spec),
         tune_config=tune.TuneConfig(
             metric=settings.metric if scheduler else None, mode=settings.mode if scheduler else None,
-            scheduler=scheduler, num_samples=1, max_concurrent_trials=concurrent,
+            scheduler=scheduler, num_samples=1, max_concurrent_trials=concurrent, reuse_actors=True,
             trial_dirname_creator=lambda trial: trial_key(trial.config),
         ),
         run_config=tune.RunConfig(
@@ -214,7 +214,7 @@ def summarize(spec: SweepSpec, grid, sweep_dir: Path, parent_run_id: str, store:
     return SweepOutcome(sweep_dir, parent_run_id, store, spec.trial_count(), finished, errored, None)
 
 
-def finish_parent_run(spec: SweepSpec, outcome: SweepOutcome, uri: str) -> Path | None:
+def finish_parent_run(spec: SweepSpec, outcome: SweepOutcome) -> Path | None:
     """Write the results table into the sweep folder and the parent run; close the parent run."""
     import mlflow
 

@@ -64,11 +64,21 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
             metrics, run_id = train_and_score_distributed(context, config, resume, tags, stage)
         else:
             metrics, run_id = train_and_score(context, config, resume, tags, stage)
+        _tag_node(run_id)
         metrics = {**metrics, "stage": stage + 1, "train_steps": config.train.max_steps}
         with tempfile.TemporaryDirectory() as folder:
             state = {"stages_done": stage + 1, "output_dir": str(output_dir), "mlflow_run_id": run_id, "key": key}
             (Path(folder) / STATE_FILE).write_text(json.dumps(state))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _tag_node(run_id: str) -> None:
+    """Which Ray node ran the trial: where to look for its logs, and how placement is checked."""
+    import mlflow
+    import ray
+
+    if run_id:
+        mlflow.tracking.MlflowClient().set_tag(run_id, "ray.node_id", ray.get_runtime_context().get_node_id())
 
 
 def stage_config(context: TrialContext, params: dict[str, Any], output_dir: Path, stage: int) -> Config:

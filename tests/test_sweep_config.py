@@ -1,0 +1,128 @@
+"""Sweep files: the grid from YAML, overrides, and a one-line exit-2 error for every bad key or value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.errors import UserError
+from tuning.cluster import trial_slots
+from tuning.spec import load_sweep, trial_key
+from tuning.tracking_server import absolute_store_uri
+
+REPO = Path(__file__).resolve().parents[1]
+ABLATION = REPO / "configs" / "ablation.yaml"
+ABLATION_TINY = REPO / "configs" / "ablation_tiny.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _nothing_lands_in_the_repo(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def test_the_study_grid_and_the_tiny_grid():
+    study = load_sweep(ABLATION)
+    assert study.grid == {"train.loss": ["l1", "l2"], "model.attention": [True, False], "data.normalize": [True, False]}
+    assert study.settings.seeds == [0, 1, 2] and study.trial_count() == 24
+    assert study.base["data"]["resolution"] == 64 and study.settings.gpus_per_trial >= 1
+    tiny = load_sweep(ABLATION_TINY)
+    assert tiny.grid == study.grid and tiny.trial_count() == 8
+    assert tiny.settings.gpus_per_trial == 0 and tiny.base["train"]["max_steps"] <= 20
+    assert tiny.settings.evaluate.metrics == ["esc"]
+
+
+def test_overrides_reach_the_base_and_the_sweep():
+    spec = load_sweep(ABLATION_TINY, ["data.source=/elsewhere", "sweep.seeds=[3,4]", "sweep.grid.train.loss=[l2]"])
+    assert spec.base["data"]["source"] == "/elsewhere"
+    assert spec.grid["train.loss"] == ["l2"] and spec.settings.seeds == [3, 4]
+    assert spec.trial_count() == 1 * 2 * 2 * 2
+    config = spec.trial_config({"train.loss": "l2", "model.attention": False, "data.normalize": True, "seed": 4})
+    assert (config.train.loss, config.model.attention, config.data.normalize, config.seed) == ("l2", False, True, 4)
+    assert config.train.max_steps == spec.base["train"]["max_steps"]
+
+
+def test_any_config_key_is_an_axis_and_space_needs_random_search(tmp_path: Path):
+    sweep = tmp_path / "lr.yaml"
+    sweep.write_text(
+        f"base: {REPO / 'configs' / 'tiny.yaml'}\n"
+        "sweep:\n  name: lr\n  search: random\n  num_samples: 3\n"
+        "  grid: {train: {learning_rate: [1.0e-4, 3.0e-4]}}\n"
+        "  space: {train.warmup_steps: {randint: [0, 10]}, sample.scheduler: {choice: [ddim, ddpm]}}\n"
+    )
+    spec = load_sweep(sweep)
+    assert spec.grid == {"train.learning_rate": [1e-4, 3e-4]}
+    assert spec.space == {"train.warmup_steps": {"randint": [0, 10]}, "sample.scheduler": {"choice": ["ddim", "ddpm"]}}
+    assert spec.axes == ["train.learning_rate", "train.warmup_steps", "sample.scheduler"]
+    assert spec.trial_count() == 2 * 3 * 3  # grid x samples x seeds
+    with pytest.raises(UserError, match="sweep.search=random or asha"):
+        load_sweep(sweep, ["sweep.search=grid"])
+
+
+@pytest.mark.parametrize(
+    ("override", "culprit"),
+    [
+        ("sweep.grid.train.losss=[l1]", "train.losss"),  # not a config key
+        ("sweep.grid.train.loss=[l1,l3]", "train.loss"),  # a value the config rejects
+        ("sweep.grid.model.attention=true", "sweep.grid.model.attention"),  # not a list
+        ("sweep.search=bayes", "sweep.search"),
+        ("sweep.mode=lowest", "sweep.mode"),
+        ("sweep.seeds=[]", "sweep.seeds"),
+        ("sweep.cpus_per_trial=0", "sweep.cpus_per_trial"),
+        ("sweep.gpus_per_trial=many", "gpus_per_trial"),
+        ("sweep.colour=blue", "colour"),
+        ("sweep.grid.seed=[1,2]", "sweep.seeds"),
+        ("model.block_channels=[16,32,36]", "model.norm_groups"),  # a base override that breaks the base
+    ],
+)
+def test_bad_keys_and_values_exit_2_naming_the_culprit(override: str, culprit: str, capsys):
+    from tuning.sweep import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(ABLATION_TINY), override])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and culprit in error and "\n" not in error
+
+
+def test_missing_file_and_unknown_section(tmp_path: Path):
+    with pytest.raises(UserError, match="not found"):
+        load_sweep(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: tiny.yaml\nswept: {}\n")
+    with pytest.raises(UserError, match="swept"):
+        load_sweep(bad)
+
+
+def test_trial_keys_are_stable_and_distinct():
+    a = {"train.loss": "l1", "model.attention": True, "seed": 0}
+    assert trial_key(a) == trial_key(dict(reversed(list(a.items()))))  # order does not matter
+    assert trial_key(a) != trial_key({**a, "seed": 1}) != trial_key({**a, "train.loss": "l2"})
+    assert "/" not in trial_key({"data.source": "/a/b", "seed": 0})
+
+
+def test_relative_store_uris_are_pinned(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert absolute_store_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert absolute_store_uri("mlruns") == f"file://{tmp_path / 'mlruns'}"
+    assert absolute_store_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_pin_paths_makes_trial_paths_absolute(tmp_path: Path, monkeypatch):
+    from tuning.sweep import pin_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    spec = load_sweep(ABLATION_TINY, ["data.source=./data", "data.cache_dir=.cache/x"])
+    pin_paths(spec)
+    assert spec.base["data"]["source"] == str(tmp_path / "data")
+    assert spec.base["data"]["cache_dir"] == str(tmp_path / ".cache" / "x")
+    assert Path(spec.settings.evaluate.cache_dir).is_absolute()
+
+
+def test_trial_slots_count_whole_bundles_per_node():
+    nodes = [{"CPU": 8.0, "GPU": 2.0}, {"CPU": 3.0}]
+    assert trial_slots(nodes, cpus=2, gpus=0) == 4 + 1
+    assert trial_slots(nodes, cpus=2, gpus=1) == 2  # the GPU-less node holds none
+    assert trial_slots(nodes, cpus=4, gpus=0.5) == 2  # CPU-bound on the GPU node
