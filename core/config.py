@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -111,10 +112,20 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         if path is not None:
             if not Path(path).is_file():
                 raise UserError(f"config file not found: {path}")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            try:
+                merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            except yaml.YAMLError as error:
+                raise UserError(f"config file {path} is not valid YAML: {' '.join(str(error).split())}") from None
         if overrides:
             _check_override_syntax(overrides)
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+            for item in overrides:  # one at a time, so that a value YAML cannot read is named
+                try:
+                    merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+                except yaml.YAMLError as error:
+                    reason = str(error).splitlines()[0]
+                    raise UserError(
+                        f"override '{item.encode('unicode_escape').decode()}' is not valid YAML: {reason}"
+                    ) from None
         if OmegaConf.is_missing(merged, "output_dir"):
             raise UserError("config key 'output_dir' is required (set it in the YAML or as output_dir=DIR)")
         config: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]

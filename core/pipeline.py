@@ -152,6 +152,8 @@ def sample_spectrograms(
 def _predict_noise(
     unet: UNet2DModel, images: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, scale: float, null_class: int | None
 ) -> torch.Tensor:
+    if unet.config.num_class_embeds is None:  # an unconditional UNet (bench/: the AudioDiffusionPipeline comparison)
+        return unet(images, t).sample
     if scale == 1.0:
         return unet(images, t, class_labels=labels).sample
     # Classifier-free guidance: conditional and unconditional predictions in one batch.

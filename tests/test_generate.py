@@ -70,3 +70,18 @@ def test_cli_help_and_bad_model_exit_2(tmp_path) -> None:
     )  # fmt: skip
     assert bad.returncode == 2
     assert str(tmp_path) in bad.stderr and bad.stderr.strip().count("\n") == 0
+
+
+def test_classifier_free_guidance_and_ddpm(tmp_path, tiny_config, trained_tiny_model) -> None:
+    from training.train import train
+
+    guided = train(tiny_config("model.class_dropout=0.2", "train.max_steps=2", "train.checkpoint_every=2"),
+                   show_progress=False)  # fmt: skip
+    request = GenerationRequest(model=str(guided.output_dir), out=str(tmp_path / "g"), per_class=1, classes=[1],
+                                scheduler="ddpm", steps=3, guidance_scale=3.0, griffin_lim_iters=2)  # fmt: skip
+    generate(request, show_progress=False)
+    assert soundfile.info(tmp_path / "g" / "rooster" / "0.wav").frames == 110250
+    with pytest.raises(UserError, match="class_dropout"):  # a model without a null class cannot be guided
+        unguided = GenerationRequest(model=str(trained_tiny_model), out=str(tmp_path / "h"), per_class=1,
+                                     classes=[1], steps=2, guidance_scale=3.0)  # fmt: skip
+        generate(unguided, show_progress=False)

@@ -91,12 +91,14 @@ def test_resume_matches_uninterrupted_run(tmp_path, tiny_config) -> None:
     import mlflow
 
     settings = ["train.max_steps=16", "train.checkpoint_every=5", "train.log_every=1", "train.sample_every=5"]
+    settings.append("train.checkpoints_keep=2")
     straight = train(tiny_config(*settings, output_dir=tmp_path / "straight"), show_progress=False)
     interrupted_config = tiny_config(*settings, output_dir=tmp_path / "interrupted")
     first = train(interrupted_config, show_progress=False, stop_after_steps=7)
     assert first.step == 7 and not first.model_dir.exists()
     rest = train(interrupted_config, resume="latest", show_progress=False)
 
+    assert [p.name for p in complete_checkpoints(straight.output_dir)] == ["step_000010", "step_000015"]  # keep 2
     assert rest.run_id == first.run_id  # the same MLflow run continues
     assert {**first.losses, **rest.losses} == straight.losses  # crosses an epoch boundary (12 batches)
     assert sorted(straight.losses) == list(range(1, 17))

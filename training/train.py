@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -349,7 +350,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    config = load_config(args.config, args.overrides)
+    # `mlflow run -P overrides="a=1 b=2"` passes all overrides as one quoted argument.
+    overrides = [item for argument in args.overrides for item in shlex.split(argument)]
+    config = load_config(args.config, overrides)
     result = train(
         config, resume=args.resume, show_progress=not args.no_progress, stop_after_steps=args.stop_after_steps
     )

@@ -45,7 +45,8 @@ class EvaluateSettings:
     metrics: list[str] = field(default_factory=lambda: ["fad", "clap", "esc"])
     reference: str = ""  # real clips to compare with; empty = the trial's data.source
     reference_folds: list[int] = field(default_factory=list)
-    cache_dir: str = ""  # empty = <storage>/<name>/.cache/evaluation
+    cache_dir: str = ""  # empty = .cache/evaluation of the folder the sweep starts in
+    ceiling: bool = True  # score the real held-out clips once (metrics real_*, on the parent run)
     options: dict[str, Any] = field(default_factory=dict)  # passed on to score_generated
 
 

@@ -69,6 +69,7 @@ def run_sweep(
         with tracking_server(store, sweep_dir / "mlflow-server.log") as uri:
             configure_tracking(uri, spec.base["tracking"]["experiment"])
             parent_run_id = open_parent_run(spec, sweep_dir, launcher_run_id)
+            log_ceiling(spec, parent_run_id)
             context = TrialContext(spec, str(sweep_dir), uri, parent_run_id, os.environ.get(FAIL_ONCE_ENV, ""))
             grid = build_tuner(spec, context, resume, fitting).fit()
             outcome = summarize(spec, grid, sweep_dir, parent_run_id, store)
@@ -192,6 +193,32 @@ def open_parent_run(spec: SweepSpec, sweep_dir: Path, launcher_run_id: str) -> s
     temporary.write_text(json.dumps({"parent_run_id": parent, "name": spec.settings.name}))
     os.replace(temporary, record)
     return parent
+
+
+def log_ceiling(spec: SweepSpec, parent_run_id: str) -> None:
+    """Score the real held-out clips once, on the parent run as `real_*`: the table's ceiling row.
+
+    Done here, before any trial, it also fits the offline scorer once into the shared evaluation
+    cache, instead of in every trial that starts at the same time.
+    """
+    import time
+
+    import mlflow
+    from mlflow.entities import Metric
+
+    from evaluation.evaluate import score_real
+
+    evaluate = spec.settings.evaluate
+    client = mlflow.tracking.MlflowClient()
+    if not evaluate.ceiling or any(k.startswith("real_") for k in client.get_run(parent_run_id).data.metrics):
+        return
+    metrics = score_real(
+        evaluate.reference or spec.base["data"]["source"], list(evaluate.metrics),
+        reference_folds=tuple(evaluate.reference_folds), sample_rate=spec.base["data"]["sample_rate"],
+        cache_dir=evaluate.cache_dir, **dict(evaluate.options),
+    )  # fmt: skip
+    now = int(time.time() * 1000)
+    client.log_batch(parent_run_id, metrics=[Metric(f"real_{k}", float(v), now, 0) for k, v in metrics.items()])
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:

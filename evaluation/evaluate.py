@@ -1,0 +1,290 @@
+"""Score generated clips: FAD, CLAP accuracy and the offline ESC scorer, as the study's table, logged to MLflow.
+
+    python -m evaluation.evaluate --generated DIR --reference SOURCE --metrics fad,clap,esc --json OUT.json
+    python -m evaluation.evaluate --model outputs/esc50_64 --per-class 40 --metrics esc
+
+Every table has a "real data" row (real held-out clips scored the same way) beside the generated clips.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.config import DEFAULT_SOURCE
+from core.errors import UserError, exit_on_user_error
+from evaluation import table
+from evaluation.clips import read_manifest, split_reference
+from evaluation.fad import CKPT_DIR_ENV, FAD_MODELS
+from evaluation.scoring import METRIC_GROUPS, EvalOptions, Evaluator, ScoredSet, parse_metric_groups
+
+log = logging.getLogger(__name__)
+REAL_ROW = "real data (held-out)"
+
+
+def score_generated(
+    generated_dir: str | Path,
+    reference: str,
+    metrics: list[str],
+    *,
+    reference_folds: list[int] | tuple = (),
+    sample_rate: int = 22050,
+    cache_dir: str | Path = ".cache/evaluation",
+    show_progress: bool = True,
+    **options,
+) -> dict[str, float]:
+    """Flat metrics (`fad_vggish`, `ca_top1`..., `fd_esc`, `esc_top1`...) of the clips listed in `generated_dir`.
+
+    `sample_rate` is the offline scorer's rate; FAD and CLAP resample to their own models' rates.
+    `options` are `EvalOptions` fields (fad_model, ckpt_dir, clap_checkpoint, optional_metrics, ...), and:
+    `real_row=True` adds the real held-out clips' metrics as `real_<name>`; `run_id=ID` logs the result to
+    that MLflow run (no artifacts).
+    """
+    real_row, run_id = bool(options.pop("real_row", False)), str(options.pop("run_id", "") or "")
+    evaluator = _evaluator(reference, metrics, reference_folds, sample_rate, cache_dir, show_progress, options)
+    result = dict(evaluator.score(read_manifest(generated_dir)).metrics)
+    if real_row:
+        real = evaluator.score(evaluator.split.held_out, desc="real").metrics
+        result.update({f"real_{name}": value for name, value in real.items()})
+    if run_id:
+        log_evaluation(run_id, result, None, tags=evaluator.describe())
+    return result
+
+
+def score_real(
+    reference: str,
+    metrics: list[str],
+    *,
+    reference_folds: list[int] | tuple = (),
+    sample_rate: int = 22050,
+    cache_dir: str | Path = ".cache/evaluation",
+    show_progress: bool = True,
+    **options,
+) -> dict[str, float]:
+    """The same metrics for the real held-out clips of `reference`: the ceiling for generated clips."""
+    evaluator = _evaluator(reference, metrics, reference_folds, sample_rate, cache_dir, show_progress, options)
+    return evaluator.score(evaluator.split.held_out, desc="real").metrics
+
+
+def _evaluator(reference, metrics, folds, sample_rate, cache_dir, show_progress, options) -> Evaluator:
+    eval_options = EvalOptions.from_options(options)
+    split = split_reference(reference, list(folds), eval_options.hub_split)
+    return Evaluator(split, metrics, eval_options, cache_dir, sample_rate, show_progress)
+
+
+def log_evaluation(
+    run_id: str, metrics: dict[str, float], artifacts_dir: Path | None, tags: dict[str, str] | None = None
+) -> None:
+    """Log metrics (and the files of `artifacts_dir` under `evaluation/`) to an existing MLflow run."""
+    from mlflow.tracking import MlflowClient
+
+    from core.tracking import RunLogger
+
+    run = RunLogger(run_id)
+    run.log_metrics(metrics, step=0)
+    if not run.flush(deadline_seconds=30):
+        raise UserError(f"could not log the evaluation metrics to MLflow run {run_id}")
+    if tags:
+        MlflowClient().log_batch(run_id, tags=[_tag(k, v) for k, v in tags.items()])
+    if artifacts_dir is not None:
+        run.log_artifacts(artifacts_dir, "evaluation")
+
+
+def _tag(key: str, value: str):
+    from mlflow.entities import RunTag
+
+    return RunTag(key, str(value)[:5000])
+
+
+@dataclass
+class EvaluationRequest:
+    generated: str = ""  # a folder with manifest.csv; with `model` too, where to generate when it has none
+    model: str = ""  # a model to generate from first (and whose MLflow run receives the results)
+    reference: str = DEFAULT_SOURCE
+    reference_folds: list[int] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=lambda: list(METRIC_GROUPS))
+    out: str = ""  # "" = outputs/evaluation/<name of the generated folder or model>
+    json: str = ""
+    real_row: bool = True
+    sample_rate: int = 22050
+    cache_dir: str = ".cache/evaluation"
+    mlflow: bool = True
+    tracking_uri: str = ""
+    experiment: str = "esc50-diffusion"
+    run_id: str = ""  # log here instead of the model's run
+    new_run: bool = False  # a new run linked to the model's instead of the model's run itself
+    generation: dict = field(default_factory=dict)  # GenerationRequest fields (per_class, steps, ...)
+    options: EvalOptions = field(default_factory=EvalOptions)
+
+
+@dataclass
+class EvaluationOutcome:
+    metrics: dict[str, float]  # generated metrics, and the real row's prefixed `real_`
+    rows: dict[str, dict[str, float]]
+    out_dir: Path
+    run_id: str
+    markdown: str
+
+
+def evaluate(request: EvaluationRequest, show_progress: bool = True) -> EvaluationOutcome:
+    """Generate (when given a model), score, write the tables and figures, log to MLflow."""
+    if not request.generated and not request.model:
+        raise UserError("give --generated DIR (clips + manifest.csv) or --model MODEL (to generate first)")
+    groups = parse_metric_groups(request.metrics)
+    split = split_reference(request.reference, request.reference_folds, request.options.hub_split)
+    evaluator = Evaluator(split, groups, request.options, request.cache_dir, request.sample_rate, show_progress)
+    evaluator.prepare()  # missing weights fail here, before any generation
+
+    from core.pipeline import resolve_model_folder
+
+    model_dir = resolve_model_folder(request.model) if request.model else None
+    name = Path(request.generated or request.model).resolve().name
+    if model_dir is not None and name in ("model", ""):
+        name = model_dir.parent.name
+    out = Path(request.out or Path("outputs") / "evaluation" / name)
+    generated = Path(request.generated) if request.generated else out / "generated"
+    if model_dir is not None and not (generated / "manifest.csv").is_file():
+        from training.generate import GenerationRequest, generate
+
+        generate(GenerationRequest(model=str(model_dir), out=str(generated), **request.generation), show_progress)
+
+    scored = {name: evaluator.score(read_manifest(generated), desc="generated")}
+    if request.real_row:
+        scored = {REAL_ROW: evaluator.score(split.held_out, desc="real"), **scored}
+    rows = {label: result.metrics for label, result in scored.items()}
+    flat = dict(scored[name].metrics)
+    if request.real_row:
+        flat.update({f"real_{k}": v for k, v in scored[REAL_ROW].metrics.items()})
+    markdown = write_outputs(out, rows, scored[name], flat, request.json)
+    print(markdown)
+
+    run_id = ""
+    if request.mlflow:
+        run_id = _target_run(request, model_dir)
+        log_evaluation(run_id, flat, out, tags={**evaluator.describe(), "evaluation.clips": str(generated.resolve())})
+        print(f"logged to MLflow run {run_id}")
+    return EvaluationOutcome(flat, rows, out, run_id, markdown)
+
+
+def write_outputs(out: Path, rows: dict, generated: ScoredSet, flat: dict[str, float], json_path: str) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    table.write_tables(rows, out)
+    table.write_per_class(generated.per_class(), out)
+    for group, scores in generated.class_scores.items():
+        title = f"{'CLAP zero-shot' if group == 'clap' else 'offline ESC scorer'}: generated clips"
+        table.write_confusion(scores, generated.targets, out / f"confusion_{group}.png", title)
+    _write_json(out / "metrics.json", flat)
+    if json_path:
+        _write_json(Path(json_path), flat)
+    return table.markdown(rows)
+
+
+def _write_json(path: Path, values: dict[str, float]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(handle, "w") as stream:
+        json.dump(values, stream, indent=2, sort_keys=True)
+    os.replace(temporary, path)
+
+
+def _target_run(request: EvaluationRequest, model_dir: Path | None) -> str:
+    """The model's run (from audio.json) or --run-id; a new run, linked to it, when asked or when it is unknown."""
+    import mlflow
+
+    from core.pipeline import MODEL_MANIFEST
+    from core.tracking import configure_tracking
+
+    configure_tracking(request.tracking_uri)
+    client = mlflow.tracking.MlflowClient()
+    linked = request.run_id
+    if not linked and model_dir is not None:
+        linked = json.loads((model_dir / MODEL_MANIFEST).read_text()).get("mlflow_run_id", "")
+    experiment_id = None
+    if linked:
+        try:
+            experiment_id = client.get_run(linked).info.experiment_id
+        except Exception as error:
+            log.warning("run %s is not in this tracking store (%s): logging to a new run", linked, error)
+            experiment_id = None
+        if experiment_id is not None and not request.new_run:
+            return linked
+    if experiment_id is None:
+        configure_tracking(request.tracking_uri, request.experiment)
+        experiment_id = mlflow.get_experiment_by_name(request.experiment).experiment_id
+    tags = {"evaluates_run_id": linked} if linked else {}
+    if linked and request.new_run:
+        tags["mlflow.parentRunId"] = linked
+    run = client.create_run(experiment_id, run_name="evaluation", tags=tags)
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m evaluation.evaluate", description=__doc__.split("\n\n")[0])
+    clips = parser.add_argument_group("clips")
+    clips.add_argument("--generated", default="", help="folder with clips and manifest.csv (file,target,category)")
+    clips.add_argument("--model", default="", help="a model (folder or MLflow URI): generate first, log to its run")
+    clips.add_argument("--per-class", type=int, default=40, help="with --model: clips per class (default 40)")
+    clips.add_argument("--steps", type=int, default=50, help="with --model: denoising steps")
+    clips.add_argument("--scheduler", default="ddim", choices=["ddim", "ddpm"])
+    clips.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reference", default=DEFAULT_SOURCE, help="ESC-50 folder or hub id (default esc50-mini)")
+    parser.add_argument("--reference-folds", default="", help="comma-separated folds forming the reference (all)")
+    parser.add_argument("--hub-split", default="train")
+    parser.add_argument("--metrics", default=",".join(METRIC_GROUPS), help="any of fad,clap,esc (default: all)")
+    parser.add_argument("--json", default="", help="write {metric: value} here too")
+    parser.add_argument("--out", default="", help="folder for tables and figures (outputs/evaluation/NAME)")
+    parser.add_argument("--no-real-row", action="store_true", help="skip scoring the real held-out clips")
+    weights = parser.add_argument_group("models")
+    weights.add_argument("--fad-model", default="vggish", choices=list(FAD_MODELS))
+    weights.add_argument("--fad-sample-rate", type=int, default=0, help="0 = the FAD model's default")
+    weights.add_argument("--ckpt-dir", default="", help=f"weights folder (default ${CKPT_DIR_ENV}, else torch hub's)")
+    weights.add_argument("--allow-download", action="store_true", help="let the FAD package download weights")
+    weights.add_argument("--clap-checkpoint", default="630k-audioset", help="name in --ckpt-dir or a .pt path")
+    weights.add_argument("--clap-template", default=EvalOptions.clap_template)
+    weights.add_argument("--device", default="", help="cpu, cuda... (default: CUDA when present)")
+    weights.add_argument("--cache-dir", default=".cache/evaluation", help="reference statistics, trained scorer")
+    tracking = parser.add_argument_group("MLflow")
+    tracking.add_argument("--no-mlflow", action="store_true")
+    tracking.add_argument("--tracking-uri", default="", help="default: MLFLOW_TRACKING_URI, else ./mlflow.db")
+    tracking.add_argument("--experiment", default="esc50-diffusion", help="for a new run")
+    tracking.add_argument("--run-id", default="", help="log to this run instead of the model's")
+    tracking.add_argument("--new-run", action="store_true", help="a new run linked to the model's run")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def parse_folds(text: str) -> list[int]:
+    try:
+        return [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise UserError(f"--reference-folds '{text}' is not a comma-separated list of fold numbers") from None
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> EvaluationOutcome:
+    args = parse_args(argv)
+    options = EvalOptions(
+        fad_model=args.fad_model, fad_sample_rate=args.fad_sample_rate, ckpt_dir=args.ckpt_dir,
+        allow_download=args.allow_download, clap_checkpoint=args.clap_checkpoint, clap_template=args.clap_template,
+        hub_split=args.hub_split, device=args.device,
+    )  # fmt: skip
+    request = EvaluationRequest(
+        generated=args.generated, model=args.model, reference=args.reference,
+        reference_folds=parse_folds(args.reference_folds), metrics=parse_metric_groups(args.metrics), out=args.out,
+        json=args.json, real_row=not args.no_real_row, cache_dir=args.cache_dir, mlflow=not args.no_mlflow,
+        tracking_uri=args.tracking_uri, experiment=args.experiment, run_id=args.run_id, new_run=args.new_run,
+        generation={"per_class": args.per_class, "steps": args.steps, "scheduler": args.scheduler, "seed": args.seed},
+        options=options,
+    )  # fmt: skip
+    return evaluate(request, show_progress=not args.no_progress)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    main()

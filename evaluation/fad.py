@@ -1,0 +1,237 @@
+"""Frechet Audio Distance through the `frechet_audio_distance` package, with cached reference statistics.
+
+The package's model (VGGish, PANN, CLAP or EnCodec), its `get_embeddings` and `calculate_embd_statistics`
+do the work; the distance is `evaluation.metrics.frechet_distance` (the package's formula, computed
+with symmetric eigendecompositions: seconds instead of minutes for PANN's 2048-d embeddings).
+
+Added here: clips come from a table (a generated manifest or the reference split) and are decoded at
+exactly 5.0 s at the model's rate; every clip must be embedded (the package prints and skips clips it
+fails on; here that is an error); PANN's per-clip vectors stay rows (the package's `score()` flattens
+them into one 1-D array); the reference's embeddings and statistics are cached on disk under a key of
+(reference clips, model and weights, sample rate, clip length), so scoring many generated sets never
+re-embeds the reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from core.errors import UserError
+from evaluation.clips import CLIP_SECONDS, decoded_batches, fingerprint
+from evaluation.metrics import frechet_distance
+
+log = logging.getLogger(__name__)
+FAD_CACHE_VERSION = 1
+# model -> sample rates the package accepts (first = default)
+FAD_MODELS: dict[str, tuple[int, ...]] = {
+    "vggish": (16000,),
+    "pann": (16000, 8000, 32000),
+    "clap": (48000,),
+    "encodec": (24000, 48000),
+}
+PANN_FILES = {8000: "Cnn14_8k_mAP%3D0.416.pth", 16000: "Cnn14_16k_mAP%3D0.438.pth", 32000: "Cnn14_mAP%3D0.431.pth"}
+ENCODEC_FILES = {24000: "checkpoints/encodec_24khz-d7cc33bc.th", 48000: "checkpoints/encodec_48khz-7e698e3e.th"}
+# torch.hub clones harritaylor/torchvggish into the hub dir; its hubconf then fetches two weight files.
+VGGISH_FILES = (
+    "harritaylor_torchvggish_master",
+    "checkpoints/vggish-10086976.pth",
+    "checkpoints/vggish_pca_params-970ea276.pth",
+)
+CKPT_DIR_ENV = "ESC50_EVAL_CKPT_DIR"
+PACKAGE_CLAP_SUBMODELS = ("630k-audioset", "630k", "music_audioset", "music_speech", "music_speech_audioset")
+
+
+def default_ckpt_dir() -> str:
+    """--ckpt-dir, else $ESC50_EVAL_CKPT_DIR, else torch.hub's directory (the package's own default)."""
+    import torch
+
+    return os.environ.get(CKPT_DIR_ENV) or torch.hub.get_dir()
+
+
+def required_files(model: str, sample_rate: int, clap_checkpoint: str = "630k-audioset") -> list[str]:
+    """Files (relative to the checkpoint directory) the package needs for `model` at `sample_rate`."""
+    if model == "vggish":
+        return list(VGGISH_FILES)
+    if model == "pann":
+        return [PANN_FILES[sample_rate]]
+    if model == "encodec":
+        return [ENCODEC_FILES[sample_rate]]
+    from evaluation.clap import CLAP_CHECKPOINTS
+
+    return [CLAP_CHECKPOINTS[clap_checkpoint][0]]
+
+
+@dataclass
+class FadModel:
+    fad: Any  # frechet_audio_distance.FrechetAudioDistance
+    name: str
+    sample_rate: int
+    identity: str  # model name, variant, rate and a digest of its weights: part of every cache key
+
+    @property
+    def metric(self) -> str:
+        return f"fad_{self.name}"
+
+    def embed(
+        self, clips: pd.DataFrame, seconds: float = CLIP_SECONDS, show_progress: bool = True, desc: str = "FAD"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings, clip index of each row): VGGish and EnCodec give several rows per clip."""
+        rows, owners, failed = [], [], []
+        index = 0
+        batches = decoded_batches(clips, self.sample_rate, 16, seconds, f"{desc} ({self.name})", show_progress)
+        for batch in batches:
+            for clip in batch:
+                # One clip per call: the package swallows a failure inside its loop and returns the rest,
+                # so this is the only way to know which clip it skipped.
+                with contextlib.redirect_stdout(io.StringIO()) as printed:
+                    try:
+                        embedding = self.fad.get_embeddings([clip], sr=self.sample_rate)
+                    except ValueError:  # nothing embedded: np.concatenate of an empty list
+                        embedding = None
+                if embedding is None or len(embedding) == 0:
+                    failed.append(f"{clips['filename'].iloc[index]} ({printed.getvalue().strip()[:120]})")
+                else:
+                    # PANN gives one (2048,) vector per clip, which the package's own `score()` concatenates
+                    # into one long 1-D array (so its statistics are those of a single scalar): keep it a row.
+                    embedding = np.atleast_2d(np.asarray(embedding, dtype=np.float32))
+                    rows.append(embedding)
+                    owners.append(np.full(len(embedding), index))
+                index += 1
+        if failed:
+            shown = "; ".join(failed[:3]) + (f"; and {len(failed) - 3} more" if len(failed) > 3 else "")
+            raise UserError(f"{self.name} embedded {len(clips) - len(failed)} of {len(clips)} clips: {shown}")
+        return np.concatenate(rows), np.concatenate(owners)
+
+    def statistics(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.fad.calculate_embd_statistics(embeddings.astype(np.float64))
+
+    def distance(self, reference: tuple[np.ndarray, np.ndarray], other: tuple[np.ndarray, np.ndarray]) -> float:
+        """Frechet distance between (mean, covariance) pairs (evaluation.metrics: the package's value, faster)."""
+        return frechet_distance(reference[0], reference[1], other[0], other[1])
+
+
+def load_fad_model(
+    name: str = "vggish",
+    sample_rate: int = 0,
+    ckpt_dir: str | os.PathLike = "",
+    clap_checkpoint: str = "630k-audioset",
+    allow_download: bool = False,
+) -> FadModel:
+    """The package's FrechetAudioDistance for `name`, from files in `ckpt_dir` (downloads only when allowed)."""
+    if name not in FAD_MODELS:
+        raise UserError(f"--fad-model '{name}' is not one of {', '.join(FAD_MODELS)}")
+    sample_rate = sample_rate or FAD_MODELS[name][0]
+    if sample_rate not in FAD_MODELS[name]:
+        rates = ", ".join(map(str, FAD_MODELS[name]))
+        raise UserError(f"--fad-sample-rate {sample_rate} is not supported by {name} (use {rates})")
+    if name == "clap" and clap_checkpoint not in PACKAGE_CLAP_SUBMODELS:
+        names = ", ".join(PACKAGE_CLAP_SUBMODELS)
+        raise UserError(f"FAD with CLAP takes a checkpoint name the package knows ({names}), not {clap_checkpoint}")
+    ckpt_dir = Path(ckpt_dir or default_ckpt_dir()).expanduser()
+    missing = [f for f in required_files(name, sample_rate, clap_checkpoint) if not (ckpt_dir / f).exists()]
+    if missing and not allow_download:
+        raise UserError(
+            f"{name} weights missing offline: put {', '.join(missing)} in {ckpt_dir} (--ckpt-dir or ${CKPT_DIR_ENV}),"
+            " or run once online with --allow-download"
+        )
+    import torch
+    from frechet_audio_distance import FrechetAudioDistance
+
+    previous_hub_dir = torch.hub.get_dir()  # the package points torch.hub at ckpt_dir for the whole process
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            fad = FrechetAudioDistance(
+                ckpt_dir=str(ckpt_dir), model_name=name, submodel_name=clap_checkpoint, sample_rate=sample_rate,
+                channels=2 if (name == "encodec" and sample_rate == 48000) else 1, verbose=False,
+            )  # fmt: skip
+    except Exception as error:
+        reason = " ".join(str(error).split())[:200]
+        raise UserError(f"cannot load the {name} FAD model from {ckpt_dir}: {reason}") from None
+    finally:
+        torch.hub.set_dir(previous_hub_dir)
+    identity = f"{name}|{clap_checkpoint if name == 'clap' else ''}|{sample_rate}|{weights_digest(fad.model)}"
+    return FadModel(fad, name, sample_rate, identity)
+
+
+def weights_digest(model: Any) -> str:
+    """A digest of every tensor of the model: other weights, other cache entries."""
+    import torch
+
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class ReferenceStatistics:
+    mu: np.ndarray
+    sigma: np.ndarray
+    embeddings: np.ndarray  # kept for per-class distances
+    owners: np.ndarray  # clip index of each embedding row
+    targets: np.ndarray  # class of each clip
+    path: Path
+    from_cache: bool
+
+
+def reference_cache_key(model: FadModel, reference: pd.DataFrame, seconds: float) -> str:
+    payload = [FAD_CACHE_VERSION, model.identity, fingerprint(reference), seconds]
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
+
+
+def reference_statistics(
+    model: FadModel,
+    reference: pd.DataFrame,
+    cache_dir: str | os.PathLike,
+    seconds: float = CLIP_SECONDS,
+    show_progress: bool = True,
+) -> ReferenceStatistics:
+    """Embeddings and (mean, covariance) of the reference set: from the cache, or computed and cached."""
+    key = reference_cache_key(model, reference, seconds)
+    path = Path(cache_dir) / "fad" / f"{model.name}-{model.sample_rate}-{key}.npz"
+    if path.is_file():
+        try:
+            with np.load(path) as stored:
+                return ReferenceStatistics(
+                    stored["mu"], stored["sigma"], stored["embeddings"], stored["owners"], stored["targets"],
+                    path, from_cache=True,
+                )  # fmt: skip
+        except Exception as error:  # damaged file: recompute
+            log.warning("ignoring unreadable FAD reference cache %s (%s)", path, error)
+    embeddings, owners = model.embed(reference, seconds, show_progress, desc="FAD reference")
+    mu, sigma = model.statistics(embeddings)
+    targets = reference["target"].to_numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(temporary, mu=mu, sigma=sigma, embeddings=embeddings, owners=owners, targets=targets)
+    os.replace(temporary, path)
+    return ReferenceStatistics(mu, sigma, embeddings, owners, targets, path, from_cache=False)
+
+
+def per_class_distances(
+    model: FadModel, reference: ReferenceStatistics, embeddings: np.ndarray, owners: np.ndarray, targets: np.ndarray,
+    min_clips: int,
+) -> dict[int, float]:  # fmt: skip
+    """FAD per class, for the classes with at least `min_clips` clips on both sides."""
+    result = {}
+    reference_row_targets, row_targets = reference.targets[reference.owners], targets[owners]
+    for target in sorted(set(targets.tolist())):
+        if min(np.sum(reference.targets == target), np.sum(targets == target)) < min_clips:
+            continue
+        result[int(target)] = model.distance(
+            model.statistics(reference.embeddings[reference_row_targets == target]),
+            model.statistics(embeddings[row_targets == target]),
+        )
+    return result

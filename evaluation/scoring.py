@@ -1,0 +1,227 @@
+"""Scoring one set of clips against the reference with the chosen metric groups (fad, clap, esc).
+
+An `Evaluator` holds what is expensive to build (the FAD model with the reference statistics, the
+CLAP classifier, the offline scorer) and scores any number of clip tables with it: the generated
+clips and the real held-out clips (the "real data" row) go through exactly the same code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core.errors import UserError
+from core.esc50 import ESC50_CATEGORIES, NUM_CLASSES
+from evaluation.clap import DEFAULT_TEMPLATE, ZeroShotClassifier, load_clap_model
+from evaluation.clips import CLIP_SECONDS, ReferenceSplit
+from evaluation.metrics import frechet_distance, gaussian_statistics, ranking_metrics
+from evaluation.scorer import ScorerSettings, load_or_train_scorer
+
+log = logging.getLogger(__name__)
+METRIC_GROUPS = ("fad", "clap", "esc")
+
+
+@dataclass
+class EvalOptions:
+    """Everything `score_generated(**options)` and the CLI flags can set besides the reference and metrics."""
+
+    fad_model: str = "vggish"
+    fad_sample_rate: int = 0  # 0 = the model's default rate
+    ckpt_dir: str = ""  # "" = $ESC50_EVAL_CKPT_DIR, else torch.hub's directory
+    allow_download: bool = False
+    clap_checkpoint: str = "630k-audioset"  # a name (file looked up in ckpt_dir) or a checkpoint path
+    clap_template: str = DEFAULT_TEMPLATE
+    clap_batch_size: int = 16
+    clip_seconds: float = CLIP_SECONDS
+    hub_split: str = "train"
+    device: str = ""  # "" = CUDA when present
+    min_class_clips: int = 10  # per-class Frechet distances only for classes with this many clips on both sides
+    scorer_epochs: int = ScorerSettings.epochs
+    scorer_seed: int = ScorerSettings.seed
+    optional_metrics: bool = False  # skip fad/clap (with a warning) when their weights are missing
+    clap_model: object = field(default=None, repr=False)  # an already built CLAP model (tests, notebooks)
+
+    @classmethod
+    def from_options(cls, options: dict) -> EvalOptions:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise UserError(f"unknown evaluation option(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        return cls(**options)
+
+
+def parse_metric_groups(metrics: list[str] | str) -> list[str]:
+    items = metrics.split(",") if isinstance(metrics, str) else list(metrics)
+    groups = [m.strip().lower() for m in items if m.strip()]
+    bad = [m for m in groups if m not in METRIC_GROUPS]
+    if bad or not groups:
+        raise UserError(f"--metrics '{','.join(items)}': choose from {', '.join(METRIC_GROUPS)}")
+    return list(dict.fromkeys(groups))
+
+
+@dataclass
+class ScoredSet:
+    metrics: dict[str, float]
+    targets: np.ndarray
+    class_scores: dict[str, np.ndarray] = field(default_factory=dict)  # "clap"/"esc" -> (N, 50) scores
+    per_class_distance: dict[str, dict[int, float]] = field(default_factory=dict)  # metric -> class -> value
+
+    def per_class(self) -> pd.DataFrame:
+        """One row per class present: clip count, top-1 accuracy per classifier, distances where computed."""
+        present = sorted(set(self.targets.tolist()))
+        table = pd.DataFrame({"target": present, "category": [ESC50_CATEGORIES[t] for t in present]})
+        table["clips"] = [int(np.sum(self.targets == t)) for t in present]
+        for name, scores in self.class_scores.items():
+            correct = scores.argmax(axis=1) == self.targets  # per-class top-1 (ties: lowest class index)
+            table[f"{_prefix(name)}_top1"] = [float(correct[self.targets == t].mean()) for t in present]
+        for metric, values in self.per_class_distance.items():
+            table[metric] = [values.get(t, np.nan) for t in present]
+        return table
+
+
+def _prefix(group: str) -> str:
+    return "ca" if group == "clap" else group
+
+
+class Evaluator:
+    def __init__(
+        self,
+        split: ReferenceSplit,
+        metrics: list[str],
+        options: EvalOptions | None = None,
+        cache_dir: str | os.PathLike = ".cache/evaluation",
+        sample_rate: int = 22050,
+        show_progress: bool = True,
+    ):
+        self.split = split
+        self.groups = parse_metric_groups(metrics)
+        self.options = options or EvalOptions()
+        self.cache_dir = Path(cache_dir)
+        self.sample_rate = sample_rate
+        self.show_progress = show_progress
+        self.fad_model = self.fad_reference = self.clap = self.scorer = None
+        self.skipped: dict[str, str] = {}  # metric group -> why (optional_metrics)
+
+    @property
+    def device(self) -> str:
+        import torch
+
+        return self.options.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    def prepare(self) -> Evaluator:
+        """Load (or train) every model and the reference statistics now: missing weights fail before any work.
+
+        With `optional_metrics`, a group whose weights are missing is dropped with a warning instead.
+        """
+        for group, load in (("fad", self._prepare_fad), ("clap", self._prepare_clap), ("esc", self._prepare_esc)):
+            if group not in self.groups:
+                continue
+            try:
+                load()
+            except UserError as error:
+                if not self.options.optional_metrics or group == "esc":
+                    raise
+                log.warning("skipping %s: %s", group, error)
+                self.skipped[group] = str(error)
+                self.groups.remove(group)
+        return self
+
+    def _prepare_fad(self) -> None:
+        o = self.options
+        if self.fad_model is None:
+            from evaluation.fad import load_fad_model, reference_statistics
+
+            self.fad_model = load_fad_model(
+                o.fad_model, o.fad_sample_rate, o.ckpt_dir, o.clap_checkpoint, o.allow_download
+            )
+            self.fad_reference = reference_statistics(
+                self.fad_model, self.split.reference, self.cache_dir, o.clip_seconds, self.show_progress
+            )
+
+    def _prepare_clap(self) -> None:
+        o = self.options
+        if self.clap is None:
+            from evaluation.fad import default_ckpt_dir
+
+            model = o.clap_model or load_clap_model(o.clap_checkpoint, o.ckpt_dir or default_ckpt_dir(), o.device)
+            self.clap = ZeroShotClassifier(model, o.clap_template, o.clap_batch_size)
+
+    def _prepare_esc(self) -> None:
+        o = self.options
+        if self.scorer is None:
+            settings = ScorerSettings(
+                sample_rate=self.sample_rate, clip_seconds=o.clip_seconds, epochs=o.scorer_epochs, seed=o.scorer_seed
+            )
+            self.scorer = load_or_train_scorer(self.split, settings, self.cache_dir, self.device, self.show_progress)
+
+    def score(self, clips: pd.DataFrame, desc: str = "generated") -> ScoredSet:
+        self.prepare()
+        o = self.options
+        targets = clips["target"].to_numpy()
+        result = ScoredSet({}, targets)
+        if "fad" in self.groups:
+            from evaluation.fad import per_class_distances
+
+            embeddings, owners = self.fad_model.embed(clips, o.clip_seconds, self.show_progress, desc=desc)
+            metric = self.fad_model.metric
+            statistics = self.fad_model.statistics(embeddings)
+            reference = (self.fad_reference.mu, self.fad_reference.sigma)
+            result.metrics[metric] = self.fad_model.distance(reference, statistics)
+            result.per_class_distance[metric] = per_class_distances(
+                self.fad_model, self.fad_reference, embeddings, owners, targets, o.min_class_clips
+            )
+        if "clap" in self.groups:
+            scores = self.clap.scores(clips, o.clip_seconds, self.show_progress, desc=f"CLAP {desc}")
+            result.class_scores["clap"] = scores
+            result.metrics.update(ranking_metrics(scores, targets, "ca"))
+        if "esc" in self.groups:
+            logits, embeddings = self.scorer.predict(clips, self.show_progress, desc=f"ESC scorer {desc}")
+            result.class_scores["esc"] = logits
+            result.metrics.update(ranking_metrics(logits, targets, "esc"))
+            result.metrics["fd_esc"] = self._fd_esc(embeddings)
+            result.per_class_distance["fd_esc"] = self._fd_esc_per_class(embeddings, targets)
+        return result
+
+    def _fd_esc(self, embeddings: np.ndarray) -> float:
+        if len(embeddings) < 2:
+            raise UserError("fd_esc needs at least 2 clips")
+        return frechet_distance(
+            *gaussian_statistics(self.scorer.reference_embeddings), *gaussian_statistics(embeddings)
+        )
+
+    def _fd_esc_per_class(self, embeddings: np.ndarray, targets: np.ndarray) -> dict[int, float]:
+        reference, reference_targets = self.scorer.reference_embeddings, self.scorer.reference_targets
+        values = {}
+        for target in range(NUM_CLASSES):
+            ours, theirs = embeddings[targets == target], reference[reference_targets == target]
+            if min(len(ours), len(theirs)) >= max(self.options.min_class_clips, 2):
+                values[target] = frechet_distance(*gaussian_statistics(theirs), *gaussian_statistics(ours))
+        return values
+
+    def describe(self) -> dict[str, str]:
+        """Settings worth recording beside the numbers (MLflow tags, the report)."""
+        o = self.options
+        tags = {
+            "evaluation.reference": self.split.source,
+            "evaluation.reference_clips": str(len(self.split.reference)),
+            "evaluation.held_out_clips": str(len(self.split.held_out)),
+            "evaluation.held_out_rule": self.split.how,
+            "evaluation.metrics": ",".join(self.groups),
+            "evaluation.clip_seconds": str(o.clip_seconds),
+        }
+        if self.fad_model is not None:
+            tags["evaluation.fad_model"] = f"{self.fad_model.name}@{self.fad_model.sample_rate}"
+        if self.clap is not None:
+            tags["evaluation.clap_checkpoint"] = "injected" if o.clap_model is not None else o.clap_checkpoint
+            tags["evaluation.clap_template"] = o.clap_template
+        for group, reason in self.skipped.items():
+            tags[f"evaluation.skipped_{group}"] = reason
+        if self.scorer is not None:
+            tags["evaluation.esc_scorer_held_out_top1"] = f"{self.scorer.held_out['esc_top1']:.4f}"
+        return tags

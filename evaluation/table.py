@@ -1,0 +1,139 @@
+"""The results table in the study's format, per-class results and a confusion matrix, as files.
+
+Two tables, kept apart so nobody mistakes one for the other: the study's (`Fad score | CA Top 1 |
+CA Top 5 | CA Top10 | CA mAP10`, from the FAD package and CLAP) and the offline scorer's (`fd_esc`,
+`esc_top1`, ...). Each row is one set of clips: the real held-out clips, then the generated ones.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core.esc50 import ESC50_CATEGORIES
+from core.plots import save_figure
+from evaluation.metrics import confusion_matrix
+
+STUDY_TITLE = "FAD and CLAP accuracy (the study's metrics)"
+SCORER_TITLE = "Offline ESC scorer (not VGGish FAD, not CLAP CA)"
+CA_COLUMNS = {"CA Top 1": "ca_top1", "CA Top 5": "ca_top5", "CA Top10": "ca_top10", "CA mAP10": "ca_map10"}
+ESC_COLUMNS = {
+    "FD (ESC scorer)": "fd_esc",
+    "ESC Top 1": "esc_top1",
+    "ESC Top 5": "esc_top5",
+    "ESC Top10": "esc_top10",
+    "ESC mAP10": "esc_map10",
+}
+
+
+def _fad_metric(rows: dict[str, dict[str, float]]) -> str | None:
+    names = sorted({name for metrics in rows.values() for name in metrics if name.startswith("fad_")})
+    return names[0] if names else None
+
+
+def tables(rows: dict[str, dict[str, float]]) -> list[tuple[str, pd.DataFrame]]:
+    """(title, table) pairs: the study's table when FAD or CLAP was computed, the scorer's when it was."""
+    result = []
+    fad = _fad_metric(rows)
+    present = {name for metrics in rows.values() for name in metrics}
+    if fad or present & set(CA_COLUMNS.values()):
+        columns = {"Fad score": fad or "fad", **CA_COLUMNS}
+        result.append((STUDY_TITLE + (f", FAD with {fad[4:]}" if fad else ""), _frame(rows, columns)))
+    if present & set(ESC_COLUMNS.values()):
+        result.append((SCORER_TITLE, _frame(rows, ESC_COLUMNS)))
+    return result
+
+
+def _frame(rows: dict[str, dict[str, float]], columns: dict[str, str]) -> pd.DataFrame:
+    data = {header: [rows[row].get(metric, np.nan) for row in rows] for header, metric in columns.items()}
+    return pd.DataFrame(data, index=pd.Index(list(rows), name="clips"))
+
+
+def markdown(rows: dict[str, dict[str, float]]) -> str:
+    parts = []
+    for title, frame in tables(rows):
+        header = "| clips | " + " | ".join(frame.columns) + " |"
+        rule = "|---|" + "---:|" * len(frame.columns)
+        lines = [f"**{title}**", "", header, rule]
+        for name, values in frame.iterrows():
+            lines.append(f"| {name} | " + " | ".join(_number(v) for v in values) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def study_table_markdown(rows: dict[str, dict[str, float]]) -> str:
+    """The tables of `rows` ({clip set name: flat metrics}) as Markdown, the study's first."""
+    return markdown(rows)
+
+
+def _number(value: float) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def write_tables(rows: dict[str, dict[str, float]], out_dir: str | os.PathLike) -> list[Path]:
+    """table.md (as printed) and table.csv (every metric, full precision, one row per clip set)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv = pd.DataFrame.from_dict(rows, orient="index")
+    csv.index.name = "clips"
+    return [_write_text(out / "table.md", markdown(rows)), _write_text(out / "table.csv", csv.to_csv())]
+
+
+def write_per_class(per_class: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
+    """per_class.csv and per_class.png (top-1 accuracy of each class, one bar per classifier)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    csv_path = _write_text(out / "per_class.csv", per_class.to_csv(index=False))
+    accuracy_columns = [c for c in per_class.columns if c.endswith("_top1")]
+    figure, axis = plt.subplots(figsize=(8, max(3.0, 0.2 * len(per_class))))
+    height = 0.8 / max(1, len(accuracy_columns))
+    positions = np.arange(len(per_class))
+    for i, column in enumerate(accuracy_columns):
+        axis.barh(positions + i * height, per_class[column], height=height, label=column)
+    axis.set_yticks(positions + height * (len(accuracy_columns) - 1) / 2, per_class["category"], fontsize=7)
+    axis.invert_yaxis()
+    axis.set_xlim(0, 1)
+    axis.set_xlabel("top-1 accuracy of the class's clips")
+    if accuracy_columns:
+        axis.legend(loc="lower right", fontsize=8)
+    figure_path = out / "per_class.png"
+    save_figure(figure, figure_path)
+    return [csv_path, figure_path]
+
+
+def write_confusion(scores: np.ndarray, targets: np.ndarray, path: str | os.PathLike, title: str) -> Path:
+    """A 50 x 50 confusion matrix (rows: intended class, columns: predicted), as fractions of each row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = confusion_matrix(scores, targets, len(ESC50_CATEGORIES))
+    fractions = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    figure, axis = plt.subplots(figsize=(11, 10))
+    image = axis.imshow(fractions, cmap="viridis", vmin=0, vmax=1)
+    ticks = np.arange(len(ESC50_CATEGORIES))
+    axis.set_xticks(ticks, ESC50_CATEGORIES, rotation=90, fontsize=6)
+    axis.set_yticks(ticks, ESC50_CATEGORIES, fontsize=6)
+    axis.set_xlabel("predicted class")
+    axis.set_ylabel("intended class")
+    axis.set_title(title)
+    figure.colorbar(image, ax=axis, fraction=0.04)
+    save_figure(figure, path)
+    return Path(path)
+
+
+def _write_text(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+    return path

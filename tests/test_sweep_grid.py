@@ -1,0 +1,98 @@
+"""The tiny ablation grid on a real local Ray (2 CPUs) logging through a real MLflow server.
+
+One Ray and one server for the module: the 2x2x2 grid, a trial that fails once and is retried,
+and a GPU request that cannot be met.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.test_sweep_helpers import ABLATION_TINY, child_runs, tiny_sweep
+from tuning.sweep import run_sweep
+from tuning.trial import FAIL_ONCE_ENV, KEY_TAG
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real `mlflow server` on 127.0.0.1 over a SQLite store, for the module."""
+    from tuning.tracking_server import tracking_server
+
+    folder = tmp_path_factory.mktemp("mlflow")
+    with tracking_server(f"sqlite:///{folder / 'mlflow.db'}", folder / "server.log") as uri:
+        yield uri
+
+
+def test_tiny_grid_gives_eight_child_runs_under_one_parent_and_the_table(
+    local_ray, mlflow_server, tmp_path: Path, esc50_mini: Path, spectrogram_cache_dir: Path
+):
+    import mlflow
+
+    spec = tiny_sweep(tmp_path, "grid", mlflow_server, esc50_mini, spectrogram_cache_dir)
+    outcome = run_sweep(spec)
+    assert (outcome.finished, outcome.total, outcome.errored) == (8, 8, [])
+
+    mlflow.set_tracking_uri(mlflow_server)
+    children = child_runs(spec, outcome.parent_run_id)
+    assert len(children) == 8
+    combinations = {(r.data.tags["train.loss"], r.data.tags["model.attention"], r.data.tags["data.normalize"])
+                    for r in children}  # fmt: skip
+    assert combinations == {(loss, a, n) for loss in ("l1", "l2") for a in ("True", "False") for n in ("True", "False")}
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert run.data.params["train.loss"] == run.data.tags["train.loss"]  # the trial trained what it is tagged
+        assert {"esc_top1", "fd_esc", "loss"} <= set(run.data.metrics)
+        assert Path(run.data.tags["output_dir"]).parent == outcome.sweep_dir / "trials"
+    parent = mlflow.get_run(outcome.parent_run_id)
+    assert parent.info.status == "FINISHED" and json.loads(parent.data.tags["sweep.axes"]) == list(spec.grid)
+
+    assert {"real_fd_esc", "real_esc_top1"} <= set(parent.data.metrics)  # real held-out clips: the ceiling
+    table = (outcome.report_dir / "report.csv").read_text().splitlines()
+    assert len(table) == 1 + 8 + 1  # header, one row per configuration (1 seed each), the ceiling
+    assert table[-1].startswith("real data (ceiling)")
+    reported = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(outcome.parent_run_id, "report")}
+    assert reported == {"report/report.md", "report/report.csv", "report/report.png"}
+
+
+def test_a_failed_trial_is_retried_without_a_duplicate_run(
+    local_ray, mlflow_server, tmp_path: Path, esc50_mini: Path, spectrogram_cache_dir: Path, monkeypatch
+):
+    markers = tmp_path / "failed-once"
+    monkeypatch.setenv(FAIL_ONCE_ENV, str(markers))
+    spec = tiny_sweep(
+        tmp_path, "retry", mlflow_server, esc50_mini, spectrogram_cache_dir,
+        "sweep.grid.model.attention=[false]", "sweep.grid.data.normalize=[true]",
+    )  # fmt: skip
+    outcome = run_sweep(spec)
+    assert len(list(markers.iterdir())) == 2  # both trials failed once, after training and logging
+    assert (outcome.finished, outcome.errored) == (2, [])
+    keys = [run.data.tags[KEY_TAG] for run in child_runs(spec, outcome.parent_run_id)]
+    assert len(keys) == 2 and len(set(keys)) == 2  # the retry continued the run it had, no third run
+
+
+def test_a_gpu_request_on_a_cpu_only_cluster_exits_2(
+    local_ray, mlflow_server, tmp_path: Path, esc50_mini: Path, capsys
+):
+    from tuning.sweep import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(ABLATION_TINY), "--gpus-per-trial", "1", f"sweep.storage_path={tmp_path}",
+              f"tracking.tracking_uri={mlflow_server}", f"data.source={esc50_mini}"])  # fmt: skip
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "gpus_per_trial=1" in error and "no GPUs" in error
+    assert not (tmp_path / "ablation-tiny").exists()  # nothing started, nothing to resume by mistake
