@@ -115,7 +115,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     parser.add_argument("--source", default=DEFAULT_SOURCE, help="ESC-50 folder (default: ../shared/data/esc50-mini)")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
-    parser.add_argument("--repeats", type=int, default=3, help="repetitions per measurement; medians are reported")
+    parser.add_argument(
+        "--repeats", type=int, help="repetitions per measurement, medians reported (default 3; 1 with --quick)"
+    )
     parser.add_argument("--work-dir", type=Path, help="scratch folder (default: a temporary folder, removed after)")
     parser.add_argument("--gpu", choices=["auto", "on", "off"], default="auto", help="GPU precision study (auto: CUDA)")
     return parser.parse_args(argv)
@@ -128,12 +130,13 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise UserError(f"--stages: unknown stage '{unknown[0]}' (choose from {', '.join(STAGES)})")
-    if args.repeats < 1:
-        raise UserError(f"--repeats must be >= 1, not {args.repeats}")
+    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
+    if repeats < 1:
+        raise UserError(f"--repeats must be >= 1, not {repeats}")
     read_clips(args.source)  # a bad --source fails here, in one line, before any work
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-"))
     work_dir.mkdir(parents=True, exist_ok=True)
-    options = BenchOptions(quick=args.quick, source=args.source, work_dir=work_dir.resolve(), repeats=args.repeats)
+    options = BenchOptions(quick=args.quick, source=args.source, work_dir=work_dir.resolve(), repeats=repeats)
     try:
         report = run_bench(stages, options, gpu=args.gpu)
     finally:

@@ -117,7 +117,7 @@ def run(options: BenchOptions) -> list[StageResult]:
     from core.spectrograms import build_spectrogram_cache
 
     log_every = 5
-    measured = 10 if options.quick else 40
+    measured = 5 if options.quick else 40
     work = str(options.work_dir)
     # Both read the same cache, built once here, outside any measurement.
     cache_dir = options.work_dir / "spectrogram-cache"
@@ -136,10 +136,17 @@ def run(options: BenchOptions) -> list[StageResult]:
         log(f"  train {repeat + 1}/{options.repeats}: ours {ours_runs[-1]:.1f}, baseline {base_runs[-1]:.1f} samples/s")
     return [
         median_result(
-            "train", "samples/s", "bare PyTorch loop, tensors in memory", ours_runs, base_runs,
-            peak_memory_mib_ours=max(ours_mem), peak_memory_mib_baseline=max(base_mem),
+            "train",
+            "samples/s",
+            "bare PyTorch loop, tensors in memory",
+            ours_runs,
+            base_runs,
+            peak_memory_mib_ours=max(ours_mem),
+            peak_memory_mib_baseline=max(base_mem),
             peak_memory_kind="torch.cuda.max_memory_allocated" if _cuda() else "peak RSS of the process",
-            resolution=32 if options.quick else 64, batch_size=16, measured_steps=measured,
+            resolution=32 if options.quick else 64,
+            batch_size=16,
+            measured_steps=measured,
         )  # fmt: skip
     ]
 

@@ -80,7 +80,8 @@ def _evaluator(reference, metrics, folds, sample_rate, cache_dir, show_progress,
 def log_evaluation(
     run_id: str, metrics: dict[str, float], artifacts_dir: Path | None, tags: dict[str, str] | None = None
 ) -> None:
-    """Log metrics (and the files of `artifacts_dir` under `evaluation/`) to an existing MLflow run."""
+    """Log metrics, tags and the files directly in `artifacts_dir` (tables, figures, JSON; not sub-folders
+    such as the generated clips) under `evaluation/` to an existing MLflow run."""
     from mlflow.tracking import MlflowClient
 
     from core.tracking import RunLogger
@@ -92,7 +93,9 @@ def log_evaluation(
     if tags:
         MlflowClient().log_batch(run_id, tags=[_tag(k, v) for k, v in tags.items()])
     if artifacts_dir is not None:
-        run.log_artifacts(artifacts_dir, "evaluation")
+        for path in sorted(Path(artifacts_dir).iterdir()):
+            if path.is_file() and not path.name.startswith("."):
+                run.log_artifact(path, "evaluation")
 
 
 def _tag(key: str, value: str):
@@ -193,7 +196,10 @@ def _write_json(path: Path, values: dict[str, float]) -> None:
 
 
 def _target_run(request: EvaluationRequest, model_dir: Path | None) -> str:
-    """The model's run (from audio.json) or --run-id; a new run, linked to it, when asked or when it is unknown."""
+    """The model's run (from audio.json) or --run-id; a new run, linked to it, when asked or when it is unknown.
+
+    Launched by `mlflow run` (MLFLOW_RUN_ID set), the launcher's run is that new run.
+    """
     import mlflow
 
     from core.pipeline import MODEL_MANIFEST
@@ -204,6 +210,11 @@ def _target_run(request: EvaluationRequest, model_dir: Path | None) -> str:
     linked = request.run_id
     if not linked and model_dir is not None:
         linked = json.loads((model_dir / MODEL_MANIFEST).read_text()).get("mlflow_run_id", "")
+    launcher = os.environ.get("MLFLOW_RUN_ID", "")
+    if launcher and launcher != linked:
+        if linked:
+            client.set_tag(launcher, "evaluates_run_id", linked)
+        return launcher
     experiment_id = None
     if linked:
         try:
@@ -275,7 +286,7 @@ def main(argv: list[str] | None = None) -> EvaluationOutcome:
         hub_split=args.hub_split, device=args.device,
     )  # fmt: skip
     request = EvaluationRequest(
-        generated=args.generated, model=args.model, reference=args.reference,
+        generated=args.generated, model=args.model, reference=args.reference or DEFAULT_SOURCE,
         reference_folds=parse_folds(args.reference_folds), metrics=parse_metric_groups(args.metrics), out=args.out,
         json=args.json, real_row=not args.no_real_row, cache_dir=args.cache_dir, mlflow=not args.no_mlflow,
         tracking_uri=args.tracking_uri, experiment=args.experiment, run_id=args.run_id, new_run=args.new_run,

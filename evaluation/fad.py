@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -214,8 +215,10 @@ def reference_statistics(
     mu, sigma = model.statistics(embeddings)
     targets = reference["target"].to_numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(temporary, mu=mu, sigma=sigma, embeddings=embeddings, owners=owners, targets=targets)
+    # A unique temporary name: concurrent trials may compute the same entry; the last rename wins, intact.
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
+    with os.fdopen(handle, "wb") as stream:
+        np.savez(stream, mu=mu, sigma=sigma, embeddings=embeddings, owners=owners, targets=targets)
     os.replace(temporary, path)
     return ReferenceStatistics(mu, sigma, embeddings, owners, targets, path, from_cache=False)
 

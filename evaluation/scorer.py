@@ -237,8 +237,8 @@ def _save(scorer: EscScorer, path: Path) -> None:
         "mean": scorer.mean,
         "std": scorer.std,
         "held_out": scorer.held_out,
-        "reference_embeddings": torch.from_numpy(scorer.reference_embeddings),
-        "reference_targets": torch.from_numpy(scorer.reference_targets),
+        "reference_embeddings": torch.tensor(scorer.reference_embeddings),
+        "reference_targets": torch.tensor(scorer.reference_targets),
     }
     temporary = path.with_name(f".{path.name}.tmp")
     torch.save(state, temporary)

@@ -20,7 +20,7 @@ from core.errors import UserError
 from core.esc50 import ESC50_CATEGORIES, NUM_CLASSES
 from evaluation.clap import DEFAULT_TEMPLATE, ZeroShotClassifier, load_clap_model
 from evaluation.clips import CLIP_SECONDS, ReferenceSplit
-from evaluation.metrics import frechet_distance, gaussian_statistics, ranking_metrics
+from evaluation.metrics import frechet_distance, gaussian_statistics, ranking_metrics, target_ranks
 from evaluation.scorer import ScorerSettings, load_or_train_scorer
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class ScoredSet:
         table = pd.DataFrame({"target": present, "category": [ESC50_CATEGORIES[t] for t in present]})
         table["clips"] = [int(np.sum(self.targets == t)) for t in present]
         for name, scores in self.class_scores.items():
-            correct = scores.argmax(axis=1) == self.targets  # per-class top-1 (ties: lowest class index)
+            correct = target_ranks(scores, self.targets) == 0  # the same tie rule as the overall top-1
             table[f"{_prefix(name)}_top1"] = [float(correct[self.targets == t].mean()) for t in present]
         for metric, values in self.per_class_distance.items():
             table[metric] = [values.get(t, np.nan) for t in present]

@@ -89,7 +89,12 @@ def test_prompt_template_is_configurable_and_checked(tmp_path, esc50_mini):
     model = ToneClap()
     folder = write_tones(tmp_path / "clips", [3, 7], [3, 7])
     score_generated(
-        folder, str(esc50_mini), ["clap"], clap_model=model, clap_template="a recording of {category}", show_progress=False
+        folder,
+        str(esc50_mini),
+        ["clap"],
+        clap_model=model,
+        clap_template="a recording of {category}",
+        show_progress=False,
     )
     assert model.texts[:2] == ["a recording of dog", "a recording of rooster"] and len(model.texts) == 50
     with pytest.raises(UserError, match="must contain {category}"):

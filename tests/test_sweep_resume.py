@@ -28,12 +28,18 @@ def finished_trials(sweep_dir: Path) -> dict[str, int]:
     return {p.parents[1].name: p.stat().st_mtime_ns for p in sweep_dir.glob("trials/*/evaluation/metrics.json")}
 
 
+def checkpointed_trials(sweep_dir: Path) -> set[str]:
+    """Trials whose final report reached Tune (their checkpoint holds the trial state)."""
+    return {p.parents[1].name for p in sweep_dir.glob("tune/*/checkpoint_*/trial_state.json")}
+
+
 def test_interrupted_sweep_resumes_only_the_missing_trials(tmp_path: Path, esc50_mini: Path, spectrogram_cache_dir):
     import mlflow
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     overrides = tiny_overrides(tmp_path, "resume", store, esc50_mini, spectrogram_cache_dir)
-    overrides.append("sweep.grid.data.normalize=[true]")  # 2 x 2 x 1 = 4 trials, 2 at a time
+    # 2 x 2 x 1 = 4 trials, one at a time: Ctrl-C after the first leaves some unfinished
+    overrides += ["sweep.grid.data.normalize=[true]", "sweep.max_concurrent_trials=1"]
     command = [sys.executable, "-m", "tuning.sweep", "--config", str(ABLATION_TINY), "--num-cpus", "2", *overrides]
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     environment.pop("MLFLOW_TRACKING_URI", None)
@@ -42,12 +48,13 @@ def test_interrupted_sweep_resumes_only_the_missing_trials(tmp_path: Path, esc50
     with open(tmp_path / "first.log", "wb") as log:
         first = subprocess.Popen(command, cwd=tmp_path, env=environment, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 400
-        while not finished_trials(sweep_dir) and first.poll() is None and time.monotonic() < deadline:
+        while not checkpointed_trials(sweep_dir) and first.poll() is None and time.monotonic() < deadline:
             time.sleep(0.5)
         assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         first.send_signal(signal.SIGINT)  # what Ctrl-C does
         first.wait(180)
-    before = finished_trials(sweep_dir)
+    checkpointed = checkpointed_trials(sweep_dir)
+    before = {name: mtime for name, mtime in finished_trials(sweep_dir).items() if name in checkpointed}
     assert first.returncode != 0 and 1 <= len(before) < 4, (tmp_path / "first.log").read_text()[-3000:]
 
     resumed = subprocess.run(

@@ -51,7 +51,12 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
 
     spec, key = context.spec, trial_key(params)
     output_dir = trial_dir(context, params)
-    done = _stages_done(tune.get_checkpoint())
+    # The trial folder's record wins over Tune's checkpoint: a sweep stopped between a trial's last
+    # stage and Tune saving its state would otherwise train, generate and score it a second time.
+    done, last_metrics = max(_stages_done(tune.get_checkpoint()), _recorded_stages(output_dir), key=lambda s: s[0])
+    if done == spec.stages:  # finished, but the sweep stopped before Tune recorded it: report again, no rerun
+        tune.report(last_metrics)
+        return
     for stage in range(done, spec.stages):
         config = stage_config(context, params, output_dir, stage)
         run_id = adopt_child_run(output_dir, config.tracking.experiment, context.parent_run_id, key)
@@ -66,8 +71,11 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
             metrics, run_id = train_and_score(context, config, resume, tags, stage)
         _tag_node(run_id)
         metrics = {**metrics, "stage": stage + 1, "train_steps": config.train.max_steps}
+        state = {"stages_done": stage + 1, "metrics": metrics, "output_dir": str(output_dir), "key": key}
+        temporary = output_dir / f".{STATE_FILE}.tmp"
+        temporary.write_text(json.dumps(state))
+        os.replace(temporary, output_dir / STATE_FILE)
         with tempfile.TemporaryDirectory() as folder:
-            state = {"stages_done": stage + 1, "output_dir": str(output_dir), "mlflow_run_id": run_id, "key": key}
             (Path(folder) / STATE_FILE).write_text(json.dumps(state))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
@@ -92,12 +100,24 @@ def stage_config(context: TrialContext, params: dict[str, Any], output_dir: Path
     return config
 
 
-def _stages_done(checkpoint) -> int:
+def _stages_done(checkpoint) -> tuple[int, dict]:
+    """Stages finished according to the trial's Tune checkpoint, and the metrics reported with the last."""
     if checkpoint is None:
-        return 0
+        return 0, {}
     with checkpoint.as_directory() as folder:
         state_file = Path(folder) / STATE_FILE
-        return json.loads(state_file.read_text())["stages_done"] if state_file.is_file() else 0
+        if not state_file.is_file():
+            return 0, {}
+        state = json.loads(state_file.read_text())
+        return state["stages_done"], state.get("metrics", {})
+
+
+def _recorded_stages(output_dir: Path) -> tuple[int, dict]:
+    record = output_dir / STATE_FILE
+    if not record.is_file():
+        return 0, {}
+    state = json.loads(record.read_text())
+    return state["stages_done"], state.get("metrics", {})
 
 
 def adopt_child_run(output_dir: Path, experiment: str, parent_run_id: str, key: str) -> str:

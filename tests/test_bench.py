@@ -1,0 +1,56 @@
+"""The bench itself works: `python -m bench.run --quick --json OUT` measures every stage and writes the report.
+
+Speeds are not checked here (they belong in BENCHMARKS.md); the shape and sanity of the report are.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("preprocess", "train", "sample", "evaluate", "sweep_overhead", "sweep_scaling")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_quick_bench_reports_every_stage(tmp_path: Path, esc50_mini: Path) -> None:
+    pytest.importorskip("audiodiffusion", reason="the bench extra is not installed (pip install -e '.[bench]')")
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    command = [sys.executable, "-m", "bench.run", "--quick", "--json", str(out), "--source", str(esc50_mini),
+               "--work-dir", str(tmp_path / "work"), "--gpu", "off"]  # fmt: skip
+    completed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=290)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads(out.read_text())
+    for stage in STAGES:
+        row = report[stage]
+        assert set(row) >= {"ours", "baseline", "unit", "ratio"}, stage
+        assert row["ours"] > 0 and row["baseline"] > 0, (stage, row)
+        assert math.isclose(row["ratio"], row["ours"] / row["baseline"], rel_tol=1e-9), stage
+        assert row["unit"].endswith("/s"), stage
+        assert row["verdict"] in ("pass", "miss"), stage
+        assert stage in completed.stdout  # the printed table has a row per stage
+    # The evaluate stage compares distances, not only speeds: ours equals the package's own math.
+    assert report["evaluate"]["details"]["fad_equal"], report["evaluate"]["details"]
+    assert report["train"]["details"]["peak_memory_mib_ours"] > 0
+
+
+def test_bad_stage_and_source_fail_in_one_line(tmp_path: Path, esc50_mini: Path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    for arguments, culprit in (
+        (["--stages", "preprocess,warp"], "warp"),
+        (["--source", str(tmp_path / "missing")], "missing"),
+    ):
+        completed = subprocess.run(
+            [sys.executable, "-m", "bench.run", "--quick", *arguments], cwd=REPO, env=env, capture_output=True,
+            text=True, timeout=120,
+        )  # fmt: skip
+        assert completed.returncode == 2, completed.stderr
+        assert completed.stderr.count("\n") == 1 and culprit in completed.stderr, completed.stderr
