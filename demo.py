@@ -58,12 +58,12 @@ def find_data(given: str | None) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="ESC-50 folder or hub dataset id (default: ../shared/data/esc50-mini)")
-    parser.add_argument("--steps", type=int, default=600, help="training steps (default 600, a few CPU minutes)")
+    parser.add_argument("--steps", type=int, default=1500, help="training steps (default 1500, a few CPU minutes)")
     parser.add_argument("--per-class", type=int, default=2, help="generated clips per class (default 2)")
     args = parser.parse_args(argv)
 
     from evaluation.evaluate import score_generated
-    from evaluation.table import study_table_markdown
+    from evaluation.table import markdown
     from training.generate import GenerationRequest, generate
     from training.train import train
 
@@ -79,8 +79,12 @@ def main(argv: list[str] | None = None) -> None:
     generated = run_dir / "generated"
     generate(GenerationRequest(model=str(result.model_dir), out=str(generated), per_class=args.per_class, steps=25))
     print("\n== 3/3 scoring against the real clips (offline scorer; VGGish/CLAP need their weights)")
-    metrics = score_generated(generated, source, ["esc", "fad", "clap"], optional_metrics=True, run_id=result.run_id)
-    print("\n" + study_table_markdown({"tiny demo": metrics}))
+    metrics = score_generated(
+        generated, source, ["esc", "fad", "clap"], optional_metrics=True, real_row=True, run_id=result.run_id
+    )
+    real = {name.removeprefix("real_"): value for name, value in metrics.items() if name.startswith("real_")}
+    generated_only = {name: value for name, value in metrics.items() if not name.startswith("real_")}
+    print("\n" + markdown({"real held-out clips (ceiling)": real, "tiny demo model": generated_only}))
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO / 'mlflow.db'}"
     print(f"\nMLflow run {result.run_id}: open the UI with\n  .venv/bin/mlflow ui --backend-store-uri {uri}")
     print("  then http://127.0.0.1:5000 -> experiment 'esc50-tiny' (samples: Artifacts -> samples/)")

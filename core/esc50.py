@@ -49,7 +49,7 @@ def read_clips(source: str, folds: list[int] | tuple[int, ...] = (), hub_split: 
     elif path.is_dir():
         table = _read_hub(str(path), hub_split)
     elif is_local_source(source):
-        raise UserError(f"data source {source} not found (expected a folder in ESC-50's layout: audio/ + meta/esc50.csv)")
+        raise UserError(f"data source {source} not found (expected ESC-50's layout: audio/ + meta/esc50.csv)")
     else:
         table = _read_hub(source, hub_split)
     if folds:

@@ -46,6 +46,12 @@ def configure_tracking(tracking_uri: str = "", experiment: str = "", check_serve
         _check_server(uri)
     if experiment:
         try:
+            if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(experiment) is None:
+                # MLflow's default artifact root is ./mlruns in whatever folder the job runs from;
+                # beside the database file they stay together, wherever `mlflow ui` is started.
+                artifacts = Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts"
+                with contextlib.suppress(Exception):  # a concurrent job may create it first
+                    mlflow.create_experiment(experiment, artifact_location=artifacts.as_uri())
             mlflow.set_experiment(experiment)
         except Exception as error:
             raise UserError(

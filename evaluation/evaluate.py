@@ -66,9 +66,17 @@ def score_real(
     show_progress: bool = True,
     **options,
 ) -> dict[str, float]:
-    """The same metrics for the real held-out clips of `reference`: the ceiling for generated clips."""
+    """The same metrics for the real held-out clips of `reference`: the ceiling for generated clips.
+
+    Takes the options `score_generated` takes (`real_row` is ignored; `run_id` logs the result there).
+    """
+    options.pop("real_row", None)
+    run_id = str(options.pop("run_id", "") or "")
     evaluator = _evaluator(reference, metrics, reference_folds, sample_rate, cache_dir, show_progress, options)
-    return evaluator.score(evaluator.split.held_out, desc="real").metrics
+    result = evaluator.score(evaluator.split.held_out, desc="real").metrics
+    if run_id:
+        log_evaluation(run_id, result, None, tags=evaluator.describe())
+    return result
 
 
 def _evaluator(reference, metrics, folds, sample_rate, cache_dir, show_progress, options) -> Evaluator:
@@ -138,25 +146,31 @@ def evaluate(request: EvaluationRequest, show_progress: bool = True) -> Evaluati
     """Generate (when given a model), score, write the tables and figures, log to MLflow."""
     if not request.generated and not request.model:
         raise UserError("give --generated DIR (clips + manifest.csv) or --model MODEL (to generate first)")
-    groups = parse_metric_groups(request.metrics)
-    split = split_reference(request.reference, request.reference_folds, request.options.hub_split)
-    evaluator = Evaluator(split, groups, request.options, request.cache_dir, request.sample_rate, show_progress)
-    evaluator.prepare()  # missing weights fail here, before any generation
-
     from core.pipeline import resolve_model_folder
 
+    if request.mlflow:  # an unreachable tracking server fails now, not after the scoring
+        from core.tracking import configure_tracking
+
+        configure_tracking(request.tracking_uri)
+    groups = parse_metric_groups(request.metrics)
     model_dir = resolve_model_folder(request.model) if request.model else None
     name = Path(request.generated or request.model).resolve().name
     if model_dir is not None and name in ("model", ""):
-        name = model_dir.parent.name
+        name = model_dir.parent.name  # a training output_dir's model/: name it after the run
     out = Path(request.out or Path("outputs") / "evaluation" / name)
     generated = Path(request.generated) if request.generated else out / "generated"
-    if model_dir is not None and not (generated / "manifest.csv").is_file():
+    must_generate = model_dir is not None and not (generated / "manifest.csv").is_file()
+    clips = None if must_generate else read_manifest(generated)  # a bad folder fails before any work
+    split = split_reference(request.reference, request.reference_folds, request.options.hub_split)
+    evaluator = Evaluator(split, groups, request.options, request.cache_dir, request.sample_rate, show_progress)
+    evaluator.prepare()  # missing weights fail here, before any generation
+    if must_generate:
         from training.generate import GenerationRequest, generate
 
         generate(GenerationRequest(model=str(model_dir), out=str(generated), **request.generation), show_progress)
+        clips = read_manifest(generated)
 
-    scored = {name: evaluator.score(read_manifest(generated), desc="generated")}
+    scored = {name: evaluator.score(clips, desc="generated")}
     if request.real_row:
         scored = {REAL_ROW: evaluator.score(split.held_out, desc="real"), **scored}
     rows = {label: result.metrics for label, result in scored.items()}

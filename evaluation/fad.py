@@ -158,6 +158,8 @@ def load_fad_model(
             )  # fmt: skip
     except Exception as error:
         reason = " ".join(str(error).split())[:200]
+        if name == "clap":
+            reason += " (CLAP also needs roberta-base in the Hugging Face cache)"
         raise UserError(f"cannot load the {name} FAD model from {ckpt_dir}: {reason}") from None
     finally:
         torch.hub.set_dir(previous_hub_dir)

@@ -173,12 +173,12 @@ def train_scorer(
         log_mels = LogMel(s).to(device)(torch.as_tensor(clips, device=device))
     mean, std = log_mels.mean().item(), log_mels.std().item()
     inputs = (log_mels - mean) / std
-    net = ScorerNet(s).to(device)
-    # Our own seeded RNG state, so training is repeatable and the caller's RNG is left alone.
-    with torch.random.fork_rng(devices=[]):
+    # Our own seeded RNG state (initial weights included), so training is repeatable and the caller's
+    # RNG is left alone.
+    with torch.random.fork_rng(devices=[torch.device(device).index or 0] if device.startswith("cuda") else []):
         torch.manual_seed(s.seed)
         rng = np.random.default_rng(s.seed)
-        net = _fit(net, inputs, targets, s, rng, show_progress)
+        net = _fit(ScorerNet(s).to(device), inputs, targets, s, rng, show_progress)
     scorer = EscScorer(net, s, mean, std, device=device)
     held_logits, _ = scorer.predict(split.held_out, show_progress=False)
     scorer.held_out = ranking_metrics(held_logits, split.held_out["target"].to_numpy(), "esc")

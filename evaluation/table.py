@@ -65,11 +65,6 @@ def markdown(rows: dict[str, dict[str, float]]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def study_table_markdown(rows: dict[str, dict[str, float]]) -> str:
-    """The tables of `rows` ({clip set name: flat metrics}) as Markdown, the study's first."""
-    return markdown(rows)
-
-
 def _number(value: float) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 

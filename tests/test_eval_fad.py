@@ -12,7 +12,14 @@ import soundfile
 import torch
 
 from core.errors import UserError
-from evaluation.fad import ENCODEC_FILES, PANN_FILES, load_fad_model, reference_cache_key, reference_statistics
+from evaluation.fad import (
+    ENCODEC_FILES,
+    PANN_FILES,
+    load_fad_model,
+    per_class_distances,
+    reference_cache_key,
+    reference_statistics,
+)
 
 SECONDS = 1.0  # short clips keep the CPU tests fast; the tool's default is 5.0 s
 
@@ -90,6 +97,11 @@ def test_our_fad_equals_the_packages_own_score_on_the_same_files(ckpt_dir, tmp_p
     assert theirs > 0
     assert ours == pytest.approx(theirs, rel=1e-4)
 
+    # Per class, where a class has enough clips on both sides (class 0: clips 0 and 3).
+    targets = generated["target"].to_numpy()
+    per_class = per_class_distances(model, stats, embeddings, owners, targets, min_clips=2)
+    assert list(per_class) == [0] and per_class[0] > 0
+
 
 def test_reference_statistics_are_cached_and_the_key_follows_reference_and_model(ckpt_dir, tmp_path):
     cache = tmp_path / "cache"
@@ -155,8 +167,8 @@ def test_cli_exits_2_naming_the_missing_weights(tmp_path, esc50_mini, capsys):
     from evaluation.evaluate import main
 
     generated = tmp_path / "generated"
-    generated.mkdir()
-    (generated / "manifest.csv").write_text("file,target,category\n")
+    tone_clips(generated / "dog", 22050, noise=0.0, count=1)
+    (generated / "manifest.csv").write_text("file,target,category\ndog/0.wav,0,dog\n")
     with pytest.raises(SystemExit) as exit_info:
         main(
             ["--generated", str(generated), "--reference", str(esc50_mini), "--metrics", "fad",

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+import torch
 
 from core.esc50 import ESC50_CATEGORIES
 from evaluation.clips import split_reference
 from evaluation.evaluate import score_generated, score_real
-from evaluation.scorer import ScorerSettings, load_or_train_scorer, scorer_key
+from evaluation.scorer import ScorerSettings, load_or_train_scorer, scorer_key, train_scorer
 
 CHANCE = 1 / 50
 
@@ -98,3 +99,17 @@ def test_missing_optional_metrics_are_skipped_not_fatal(trained, tmp_path, tmp_p
         show_progress=False, optional_metrics=True, ckpt_dir=str(tmp_path / "no-weights"),
     )  # fmt: skip
     assert set(metrics) == {"esc_top1", "esc_top5", "esc_top10", "esc_map10", "fd_esc"}
+
+
+def test_training_is_repeatable_whatever_the_callers_random_state(esc50_mini):
+    split = split_reference(str(esc50_mini))
+    settings = ScorerSettings(epochs=2)
+    torch.manual_seed(1)
+    first = train_scorer(split, settings, show_progress=False)
+    torch.manual_seed(2)
+    state = torch.random.get_rng_state()
+    second = train_scorer(split, settings, show_progress=False)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG is left as it was
+    assert first.held_out == second.held_out
+    for name, tensor in first.net.state_dict().items():
+        assert torch.equal(tensor, second.net.state_dict()[name]), name
