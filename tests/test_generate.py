@@ -44,12 +44,18 @@ def test_generation_is_repeatable_with_a_seed(trained_tiny_model, tmp_path) -> N
     assert (first == again).all() and not (first == other).all()
 
 
-def test_generate_from_an_mlflow_run_uri(trained_tiny_model, tmp_path, monkeypatch) -> None:
+def test_generate_from_an_mlflow_run_uri(trained_tiny_model, tmp_path) -> None:
+    import mlflow
+
     run_id = json.loads((trained_tiny_model / "run.json").read_text())["mlflow_run_id"]
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{trained_tiny_model.parent / 'mlflow.db'}")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{trained_tiny_model.parent / 'mlflow.db'}")
     request = GenerationRequest(model=f"runs:/{run_id}/model", out=str(tmp_path / "g"), per_class=1, classes=[5],
                                 steps=2, griffin_lim_iters=2)  # fmt: skip
-    assert generate(request, show_progress=False).is_file()
+    try:
+        assert generate(request, show_progress=False).is_file()
+    finally:
+        mlflow.set_tracking_uri(previous)
     assert (tmp_path / "g" / "cat" / "0.wav").is_file()
 
 

@@ -17,7 +17,9 @@ def test_mlflow_run_train_entry_point(tmp_path, esc50_mini, spectrogram_cache_di
     import mlflow
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    # mlflow.set_experiment in earlier in-process tests exports MLFLOW_EXPERIMENT_ID: keep it out.
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")}
+    env.update(MLFLOW_TRACKING_URI=store, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     overrides = (
         f"output_dir={tmp_path / 'run'} data.source={esc50_mini} data.cache_dir={spectrogram_cache_dir} "
         "train.max_steps=2 train.checkpoint_every=2 train.log_every=1 train.sample_classes=[0]"
