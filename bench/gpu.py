@@ -126,7 +126,8 @@ def run(quick: bool = False) -> dict:
 
 
 def format_gpu_table(report: dict) -> str:
-    lines = [f"GPU: {report['gpu']}", f"{'mode':<26} {'train/s':>9} {'MFU':>6} {'mem MiB':>8} {'sample/s':>9} {'MFU':>6}"]
+    header = f"{'mode':<26} {'train/s':>9} {'MFU':>6} {'mem MiB':>8} {'sample/s':>9} {'MFU':>6}"
+    lines = [f"GPU: {report['gpu']}", header]
     for row in report["modes"]:
         if "error" in row:
             lines.append(f"{row['mode']:<26} failed: {row['error'][:80]}")
