@@ -75,6 +75,9 @@ def run_through_tune(trials: list[dict], cpus: int, concurrent: int, storage: Pa
 def run(options: BenchOptions, stage: str) -> list[StageResult]:
     import os
 
+    from tuning.cluster import LOOPBACK_ONLY_SWITCH
+
+    os.environ.setdefault(LOOPBACK_ONLY_SWITCH, "0")  # the bench's Ray listens on 127.0.0.1 only
     import ray
 
     from core.config import DataConfig
@@ -97,8 +100,7 @@ def run(options: BenchOptions, stage: str) -> list[StageResult]:
         ]  # fmt: skip
 
     ray.init(
-        address="local", num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-        log_to_driver=False, configure_logging=False,
+        address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
     )  # fmt: skip
     try:
         ours_runs, base_runs = [], []

@@ -158,6 +158,8 @@ def train(
 
     step = load_latest_checkpoint(accelerator, output_dir, resume) if resume else 0
     run = start_run(config, output_dir, accelerator.is_main_process, parent_run_id, run_tags)
+    if run and step:  # every resume leaves a mark in the run's history: where an interruption was picked up
+        run.log_metrics({"resumed_from_step": step}, step)
     mel = mel_settings(config.data)
 
     # Resume exactly: the epoch and the position in it follow from the step count.

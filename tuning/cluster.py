@@ -6,18 +6,30 @@ The sweep checks first and stops with one line saying what is missing.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import sys
 
 from core.errors import UserError
+
+log = logging.getLogger(__name__)
+# Ray maps 127.0.0.1 to the machine's network address and its servers listen on every interface;
+# with multi-node mode off (Ray's switch for single-machine platforms) a local Ray stays on loopback.
+# Read once, when ray is imported. Users who want other nodes to join run `ray start --head`.
+LOOPBACK_ONLY_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def connect(address: str | None, num_cpus: int | None) -> bool:
     """Connect to Ray; returns True when this call started it (and so should shut it down).
 
-    An already initialized Ray (a test, a notebook) is used as it is.
+    An already initialized Ray (a test, a notebook) is used as it is. A Ray started here listens
+    on 127.0.0.1 only, unless the user set LOOPBACK_ONLY_SWITCH=1.
     """
+    if not address and "ray" not in sys.modules:
+        os.environ.setdefault(LOOPBACK_ONLY_SWITCH, "0")
     import ray
+    from ray._private import ray_constants
 
     if ray.is_initialized():
         return False
@@ -29,6 +41,8 @@ def connect(address: str | None, num_cpus: int | None) -> bool:
                 f"cannot join the Ray cluster at --address {address}: {str(error).splitlines()[0]}"
             ) from None
         return True
+    if ray_constants.ENABLE_RAY_CLUSTER and os.environ.get(LOOPBACK_ONLY_SWITCH) != "1":
+        log.warning("ray was imported before the sweep started it: the local Ray listens on all interfaces")
     ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False)
     return True
 
