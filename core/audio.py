@@ -161,7 +161,11 @@ class MelTransform:
         if linear_power.shape[-1] < frames:  # the forward transform dropped trailing frames
             linear_power = torch.nn.functional.pad(linear_power, (0, frames - linear_power.shape[-1]), mode="replicate")
         griffin_lim = torchaudio.transforms.GriffinLim(
-            n_fft=s.window_length, hop_length=s.hop_length, power=2.0, n_iter=iterations, length=s.clip_samples,
+            n_fft=s.window_length,
+            hop_length=s.hop_length,
+            power=2.0,
+            n_iter=iterations,
+            length=s.clip_samples,
             rand_init=True,
         ).to(device)
         # Griffin-Lim starts from random phase: seed it without disturbing the caller's RNG

@@ -76,7 +76,11 @@ def tracking_server(store_uri: str, log_path: Path, startup_seconds: float = 180
     environment["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # its job runner is unused and slows the start
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True,
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environment,
+            start_new_session=True,
             preexec_fn=_stop_when_parent_dies(),
         )  # own session: stopped with its workers, and not by the Ctrl-C meant for the sweep
     uri = f"http://127.0.0.1:{port}"
