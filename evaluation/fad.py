@@ -92,6 +92,12 @@ class FadModel:
         index = 0
         batches = decoded_batches(clips, self.sample_rate, 16, seconds, f"{desc} ({self.name})", show_progress)
         for batch in batches:
+            batched = self._embed_pann_batch(batch) if self.name == "pann" else None
+            if batched is not None:
+                rows.append(batched)
+                owners.append(np.arange(index, index + len(batch)))
+                index += len(batch)
+                continue
             for clip in batch:
                 # One clip per call: the package swallows a failure inside its loop and returns the rest,
                 # so this is the only way to know which clip it skipped.
@@ -113,6 +119,25 @@ class FadModel:
             shown = "; ".join(failed[:3]) + (f"; and {len(failed) - 3} more" if len(failed) > 3 else "")
             raise UserError(f"{self.name} embedded {len(clips) - len(failed)} of {len(clips)} clips: {shown}")
         return np.concatenate(rows), np.concatenate(owners)
+
+    def _embed_pann_batch(self, batch: np.ndarray) -> np.ndarray | None:
+        """PANN on a whole batch: what the package's `get_embeddings` computes clip by clip, about 1.8x faster
+        on CPU (the model is in eval mode, so a clip's embedding does not depend on its batch). None when
+        the batch fails or gives a row count or values it should not: the clip-by-clip path then names the clip.
+        """
+        import torch
+
+        model = self.fad.model
+        try:
+            with torch.inference_mode():
+                audio = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.fad.device)
+                embeddings = model(audio, None)["embedding"].float().cpu().numpy()
+        except Exception as error:  # the per-clip path reports it, naming the clip
+            log.debug("batched PANN failed (%s); embedding clip by clip", error)
+            return None
+        if embeddings.shape[0] != len(batch) or not np.isfinite(embeddings).all():
+            return None
+        return embeddings
 
     def statistics(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.fad.calculate_embd_statistics(embeddings.astype(np.float64))
@@ -164,6 +189,8 @@ def load_fad_model(
     finally:
         torch.hub.set_dir(previous_hub_dir)
     identity = f"{name}|{clap_checkpoint if name == 'clap' else ''}|{sample_rate}|{weights_digest(fad.model)}"
+    if name == "pann":  # oneDNN's convolutions run about 8% faster in this layout; the values stay the same
+        fad.model.to(memory_format=torch.channels_last)
     return FadModel(fad, name, sample_rate, identity)
 
 

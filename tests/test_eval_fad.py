@@ -3,6 +3,8 @@ written where the package looks for them, so its real loading and embedding code
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +144,31 @@ def test_a_clip_the_package_fails_to_embed_stops_the_score(ckpt_dir, tmp_path):
 
     model.fad.model.encoder = FailsOnLoudClips()
     with pytest.raises(UserError, match=r"encodec embedded \d of 4 clips: 0.wav \(.*cannot embed this clip"):
+        model.embed(clips, SECONDS, False)
+
+
+def test_batched_pann_gives_the_packages_clip_by_clip_embeddings_and_still_names_a_failing_clip(ckpt_dir, tmp_path):
+    model = load_fad_model("pann", ckpt_dir=ckpt_dir)
+    clips = tone_clips(tmp_path / "clips", 16000, noise=0.1, count=5)
+    batched, owners = model.embed(clips, SECONDS, False)
+    assert batched.shape == (5, 2048) and owners.tolist() == list(range(5))
+    samples = [soundfile.read(path, dtype="float32")[0] for path in clips["source"]]
+    with contextlib.redirect_stdout(io.StringIO()):
+        package = np.stack([model.fad.get_embeddings([clip], sr=16000) for clip in samples])
+    np.testing.assert_allclose(batched, package, rtol=1e-4, atol=1e-6)
+
+    network = model.fad.model
+    loud = np.random.default_rng(0).uniform(-0.9, 0.9, 16000).astype(np.float32)
+    soundfile.write(clips["source"][2], loud, 16000, subtype="FLOAT")
+
+    class FailsOnNoise(torch.nn.Module):  # a failing batch falls back to clip by clip, which names the clip
+        def forward(self, audio, mixup_lambda=None):
+            if audio.abs().mean(dim=1).max() > 0.3:
+                raise RuntimeError("cannot embed this clip" if len(audio) == 1 else "cannot embed this batch")
+            return network(audio, mixup_lambda)
+
+    model.fad.model = FailsOnNoise()
+    with pytest.raises(UserError, match=r"^pann embedded 4 of 5 clips: 2.wav \(.*cannot embed this clip\)$"):
         model.embed(clips, SECONDS, False)
 
 
