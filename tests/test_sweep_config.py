@@ -58,6 +58,38 @@ def test_any_config_key_is_an_axis_and_space_needs_random_search(tmp_path: Path)
     assert spec.trial_count() == 2 * 3 * 3  # grid x samples x seeds
     with pytest.raises(UserError, match="sweep.search=random or asha"):
         load_sweep(sweep, ["sweep.search=grid"])
+    with pytest.raises(UserError, match=r"sweep.space.train.warmup_steps': randint needs numbers low < high"):
+        load_sweep(sweep, ["sweep.space.train.warmup_steps={randint: [10, 0]}"])
+    with pytest.raises(UserError, match=r"loguniform needs numbers low < high, both > 0"):
+        load_sweep(sweep, ["sweep.space.train.weight_decay={loguniform: [0, 1.0e-3]}"])
+
+
+def test_draws_from_the_space_are_seeded_valid_and_shared_by_a_draws_seeds(tmp_path: Path):
+    from ray.tune.search.variant_generator import generate_variants
+
+    from tuning.sweep import draw_samples, param_space
+
+    sweep = tmp_path / "lr.yaml"
+    sweep.write_text(
+        f"base: {REPO / 'configs' / 'tiny.yaml'}\n"
+        "sweep:\n  name: lr\n  search: random\n  num_samples: 4\n  seeds: [0, 1]\n"
+        "  space: {train.learning_rate: {loguniform: [1.0e-5, 1.0e-3]}, train.warmup_steps: {randint: [0, 10]}}\n"
+    )
+    spec = load_sweep(sweep)
+    drawn = draw_samples(spec)
+    assert drawn == draw_samples(load_sweep(sweep))  # the same file draws the same values
+    assert drawn != draw_samples(load_sweep(sweep, ["sweep.sample_seed=1"]))
+    assert len(drawn) == 4 and len({d["train.learning_rate"] for d in drawn}) == 4
+    assert all(1e-5 <= d["train.learning_rate"] <= 1e-3 and type(d["train.learning_rate"]) is float for d in drawn)
+    assert all(0 <= d["train.warmup_steps"] < 10 and type(d["train.warmup_steps"]) is int for d in drawn)
+
+    # Tune's own resolution of the search space: each draw runs with every seed, with the same values.
+    trials = [config for _, config in generate_variants(param_space(spec))]
+    assert len(trials) == spec.trial_count() == 4 * 2
+    assert sorted((c["sample_index"], c["seed"]) for c in trials) == [(i, s) for i in range(4) for s in (0, 1)]
+    for config in trials:
+        assert config["train.learning_rate"] == drawn[config["sample_index"]]["train.learning_rate"]
+        spec.trial_config(config)  # the index is not a config key: a trial's config still validates
 
 
 @pytest.mark.parametrize(

@@ -96,3 +96,38 @@ def test_a_gpu_request_on_a_cpu_only_cluster_exits_2(
     error = capsys.readouterr().err
     assert "gpus_per_trial=1" in error and "no GPUs" in error
     assert not (tmp_path / "ablation-tiny").exists()  # nothing started, nothing to resume by mistake
+
+
+def test_asha_draws_the_space_stages_training_and_stopped_trials_are_not_failures(
+    local_ray, mlflow_server, tmp_path: Path, esc50_mini: Path, spectrogram_cache_dir: Path
+):
+    import mlflow
+
+    spec = tiny_sweep(
+        tmp_path, "asha", mlflow_server, esc50_mini, spectrogram_cache_dir,
+        "sweep.grid.train.loss=[l2]", "sweep.grid.model.attention=[false]", "sweep.grid.data.normalize=[true]",
+        "sweep.search=asha", "sweep.num_samples=3", "sweep.asha.stages=2", "sweep.asha.grace_period=1",
+        "train.log_every=2",
+        "sweep.space.train.learning_rate={loguniform: [1.0e-4, 1.0e-2]}",
+    )  # fmt: skip
+    outcome = run_sweep(spec)
+    assert outcome.errored == [] and outcome.finished >= 1  # ASHA lets the best trial run every stage
+    assert outcome.finished + outcome.stopped_early == outcome.total == 3 and outcome.complete
+
+    mlflow.set_tracking_uri(mlflow_server)
+    client = mlflow.tracking.MlflowClient()
+    runs = child_runs(spec, outcome.parent_run_id)
+    drawn = {float(run.data.tags["train.learning_rate"]) for run in runs}
+    assert len(runs) == 3 and len(drawn) == 3 and all(1e-4 <= lr <= 1e-2 for lr in drawn)
+    for run in runs:
+        assert float(run.data.params["train.learning_rate"]) == float(run.data.tags["train.learning_rate"])
+        assert run.data.params["train.max_steps"] == "12"  # the LR schedule spans the whole budget
+        trial = Path(run.data.tags["output_dir"])
+        state = json.loads((trial / "trial_state.json").read_text())
+        losses = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+        assert (trial / "evaluation_stage1" / "metrics.json").is_file() and 6 in losses
+        if state["stages_done"] == 2:  # stage 2 continued stage 1's training, it did not start over
+            resumed = client.get_metric_history(run.info.run_id, "resumed_from_step")
+            assert [m.value for m in resumed] == [6] and max(losses) == 12 and len(losses) == len(set(losses))
+            assert state["metrics"]["train_steps"] == 12 and run.info.status == "FINISHED"
+    assert mlflow.get_run(outcome.parent_run_id).info.status == "FINISHED"

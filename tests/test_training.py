@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from core.errors import UserError
+from core.pipeline import DiffusionModel
 from tests.conftest import REPO, TINY_CONFIG, free_port
 from training.checkpoints import complete_checkpoints
 from training.train import train
@@ -95,7 +96,9 @@ def test_resume_matches_uninterrupted_run(tmp_path, tiny_config) -> None:
     straight = train(tiny_config(*settings, output_dir=tmp_path / "straight"), show_progress=False)
     interrupted_config = tiny_config(*settings, output_dir=tmp_path / "interrupted")
     first = train(interrupted_config, show_progress=False, stop_after_steps=7)
-    assert first.step == 7 and not first.model_dir.exists()
+    assert first.step == 7 and DiffusionModel.load(first.model_dir).unet is not None  # the EMA model as of step 7
+    again = train(interrupted_config, resume="latest", show_progress=False, stop_after_steps=7)
+    assert (again.step, again.losses) == (7, {})  # already there: no step trained past the stop
     rest = train(interrupted_config, resume="latest", show_progress=False)
 
     assert [p.name for p in complete_checkpoints(straight.output_dir)] == ["step_000010", "step_000015"]  # keep 2

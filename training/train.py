@@ -38,7 +38,7 @@ from core.model import build_unet
 from core.pipeline import DiffusionModel
 from core.spectrograms import build_spectrogram_cache, mel_settings, select_folds, spectrogram_stream, to_model_range
 from core.tracking import RunLogger, configure_tracking, git_commit, redact_uri
-from training.checkpoints import load_latest_checkpoint, save_checkpoint
+from training.checkpoints import complete_checkpoints, load_latest_checkpoint, save_checkpoint
 from training.run_folder import claim_output_dir
 from training.samples import write_class_samples
 
@@ -118,8 +118,9 @@ def train(
 ) -> TrainResult:
     """Train per `config`; `resume` is 'latest' or a checkpoint folder. Sweeps pass their parent run and tags.
 
-    `stop_after_steps` ends the job early with a checkpoint (a time-limited cluster slot); the
-    schedule still spans `train.max_steps`, and `--resume latest` continues where it stopped.
+    `stop_after_steps` ends the job early with a checkpoint and the EMA model as of that step (a
+    time-limited cluster slot, an ASHA stage); the schedule still spans `train.max_steps`, and
+    `--resume latest` continues where it stopped.
     """
     accelerator = make_accelerator(config)
     set_seed(config.seed)
@@ -173,8 +174,9 @@ def train(
         disable=not (show_progress and accelerator.is_main_process),
     )
     window_start, window_samples = time.perf_counter(), 0
+    last_step = min(config.train.max_steps, stop_after_steps or config.train.max_steps)
     model.train()
-    while step < config.train.max_steps:
+    while step < last_step:
         stream.set_epoch(epoch)
         for batch in itertools.islice(loader, offset, batches_per_epoch):
             images = to_model_range(batch["spectrogram"].to(accelerator.device)[:, None], config.data.normalize)
@@ -215,16 +217,13 @@ def train(
                 log_samples(accelerator, model, ema, noise_scheduler, mel, config, run, step)
             if step % config.train.checkpoint_every == 0:
                 save_checkpoint(accelerator, output_dir, step, config.train.checkpoints_keep)
-            if step >= config.train.max_steps or step == stop_after_steps:
+            if step >= last_step:
                 break
-        if step == stop_after_steps:
-            break
         epoch, offset = epoch + 1, 0
     progress.close()
-    if step < config.train.max_steps:  # stopped early on request: checkpoint, then hand back
-        return stop_early(accelerator, output_dir, step, config, run, losses)
 
-    # The EMA weights are the model: save them in diffusers format with the mel settings beside.
+    # The EMA weights are the model: save them in diffusers format with the mel settings beside
+    # (when stopping early too: a model as of this step, to sample from and score).
     model_dir = output_dir / "model"
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model)
@@ -232,10 +231,13 @@ def train(
         ema.copy_to(final.parameters())
         diffusion = as_diffusion_model(final, noise_scheduler, mel, config, run.run_id if run else "")
         diffusion.save(model_dir)
-        write_class_samples(
-            diffusion, list(config.train.sample_classes), output_dir / "samples" / "final", config.sample, config.seed
-        )
+        if step == config.train.max_steps:
+            samples = output_dir / "samples" / "final"
+            write_class_samples(diffusion, list(config.train.sample_classes), samples, config.sample, config.seed)
         ema.restore(final.parameters())
+    if step < config.train.max_steps:  # stopped early on request: checkpoint, then hand back
+        return stop_early(accelerator, output_dir, step, config, run, losses)
+    if accelerator.is_main_process:
         if run:
             run.log_artifacts(output_dir / "samples" / "final", "samples/final")
             run.log_artifacts(model_dir, "model")
@@ -247,7 +249,8 @@ def train(
 
 
 def stop_early(accelerator: Accelerator, output_dir: Path, step: int, config: Config, run, losses) -> TrainResult:
-    save_checkpoint(accelerator, output_dir, step, config.train.checkpoints_keep)
+    if not any(folder.name == f"step_{step:06d}" for folder in complete_checkpoints(output_dir)):
+        save_checkpoint(accelerator, output_dir, step, config.train.checkpoints_keep)  # not already saved
     if run:
         run.flush(deadline_seconds=60)
         run.set_terminated("KILLED")  # resumable: `--resume latest` sets it RUNNING again
@@ -321,8 +324,6 @@ def without_secrets(config: Config) -> Config:
 
 
 def raise_diverged(run: RunLogger | None, step: int, value: float, output_dir: Path) -> None:
-    from training.checkpoints import complete_checkpoints
-
     if run:
         run.flush(deadline_seconds=10)
         run.set_terminated("FAILED")

@@ -32,6 +32,8 @@ from core.errors import UserError
 SEARCHES = ("grid", "random", "asha")
 # Distributions a `sweep.space` entry may use: {key: {loguniform: [1e-5, 1e-3]}}.
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
+# Which draw from `sweep.space` a trial uses: a trial parameter and tag, not a config key.
+SAMPLE_INDEX = "sample_index"
 
 
 @dataclass
@@ -64,7 +66,8 @@ class SweepSettings:
     space: dict[str, Any] = field(default_factory=dict)  # random/asha: dotted key -> {distribution: args}
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     search: str = "grid"  # grid | random | asha
-    num_samples: int = 1  # random/asha: samples of `space` per grid point
+    num_samples: int = 1  # random/asha: draws from `space`; each runs with every grid point and seed
+    sample_seed: int = 0  # random/asha: seeds the draws, so the same sweep file draws the same values
     metric: str = "fd_esc"
     mode: str = "min"
     max_failures: int = 2  # retries per trial
@@ -111,7 +114,8 @@ class SweepSpec:
     def trial_config(self, params: dict[str, Any]) -> Config:
         """The base config with one trial's axis values and seed applied, validated."""
         try:
-            merged = OmegaConf.merge(OmegaConf.structured(Config), self.base, _nest(params))
+            values = {key: value for key, value in params.items() if key != SAMPLE_INDEX}
+            merged = OmegaConf.merge(OmegaConf.structured(Config), self.base, _nest(values))
             config: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
         except OmegaConfBaseException as error:
             raise UserError(f"sweep value {params} does not fit the config: {str(error).splitlines()[0]}") from None
@@ -293,6 +297,13 @@ def _check(spec: SweepSpec) -> None:
                 if name != "choice"
                 else f"invalid sweep key 'sweep.space.{key}': choice needs a list of values"
             )
+        if name != "choice":
+            low, high = arguments
+            _require(
+                isinstance(low, (int, float)) and isinstance(high, (int, float)) and low < high
+                and (name != "loguniform" or low > 0),
+                f"space.{key}", f"{name} needs numbers low < high" + (", both > 0" if name == "loguniform" else ""),
+            )  # fmt: skip
     _require(settings.search in SEARCHES, "search", f"'{settings.search}' is not one of {', '.join(SEARCHES)}")
     _require(settings.mode in ("min", "max"), "mode", f"'{settings.mode}' is not min or max")
     _require(bool(settings.seeds), "seeds", "needs at least one seed")

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from core.errors import UserError, exit_on_user_error
 from core.esc50 import is_local_source
 from core.tracking import configure_tracking
-from tuning.spec import SweepSpec, load_sweep, trial_key
+from tuning.spec import SAMPLE_INDEX, SweepSpec, load_sweep, trial_key
 from tuning.trial import FAIL_ONCE_ENV, TrialContext, run_trial
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,14 @@ class SweepOutcome:
     parent_run_id: str
     tracking_uri: str  # the store the runs went to (a sweep-local server's store, not its address)
     total: int
-    finished: int
+    finished: int  # trained all stages, scored
     errored: list[str]
     report_dir: Path | None
+    stopped_early: int = 0  # ASHA stopped them after a stage: a result, not a failure
+
+    @property
+    def complete(self) -> bool:
+        return self.finished + self.stopped_early == self.total and not self.errored
 
 
 def run_sweep(
@@ -98,13 +103,36 @@ def param_space(spec: SweepSpec) -> dict[str, Any]:
     from ray import tune
 
     space: dict[str, Any] = {key: tune.grid_search(list(values)) for key, values in spec.grid.items()}
-    for key, distribution in spec.space.items():
-        ((name, arguments),) = distribution.items()
-        space[key] = tune.choice(list(arguments)) if name == "choice" else getattr(tune, name)(*arguments)
-    if spec.settings.num_samples > 1:  # each sample is its own trial folder and run, found again by index
-        space["sample"] = tune.grid_search(list(range(spec.settings.num_samples)))
+    if spec.space:
+        # Each draw is one set of values run with every grid point and seed, so seeds stay repeats of
+        # one configuration; Tune resolves each trial's values from its draw's index.
+        drawn = draw_samples(spec)
+        space[SAMPLE_INDEX] = tune.grid_search(list(range(len(drawn))))
+        for key in spec.space:
+            space[key] = tune.sample_from(lambda config, key=key: drawn[config[SAMPLE_INDEX]][key])
     space["seed"] = tune.grid_search(list(spec.settings.seeds))
     return space
+
+
+def draw_samples(spec: SweepSpec) -> list[dict[str, Any]]:
+    """`sweep.num_samples` draws from `sweep.space` with Tune's distributions, seeded by `sweep.sample_seed`."""
+    import numpy as np
+    from ray import tune
+
+    random_state = np.random.default_rng(spec.settings.sample_seed)
+    domains = {}
+    for key, distribution in spec.space.items():
+        ((name, arguments),) = distribution.items()
+        domains[key] = tune.choice(list(arguments)) if name == "choice" else getattr(tune, name)(*arguments)
+    return [
+        {key: _plain(domain.sample(random_state=random_state)) for key, domain in domains.items()}
+        for _ in range(spec.settings.num_samples)
+    ]
+
+
+def _plain(value: Any) -> Any:
+    """NumPy scalars as Python values: they go into configs, tags and JSON."""
+    return value.item() if hasattr(value, "item") else value
 
 
 def build_tuner(spec: SweepSpec, context: TrialContext, resume: bool, fitting: int):
@@ -136,7 +164,7 @@ def build_tuner(spec: SweepSpec, context: TrialContext, resume: bool, fitting: i
         tune_config=tune.TuneConfig(
             metric=settings.metric if scheduler else None, mode=settings.mode if scheduler else None,
             scheduler=scheduler, num_samples=1, max_concurrent_trials=concurrent, reuse_actors=True,
-            trial_dirname_creator=lambda trial: trial_key(trial.config),
+            trial_dirname_creator=lambda trial: tune_folder_name(spec, trial.config),
         ),
         run_config=tune.RunConfig(
             name="tune", storage_path=context.sweep_dir,
@@ -144,6 +172,11 @@ def build_tuner(spec: SweepSpec, context: TrialContext, resume: bool, fitting: i
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),
     )  # fmt: skip
+
+
+def tune_folder_name(spec: SweepSpec, config: dict[str, Any]) -> str:
+    """Tune's folder for a trial. Values drawn from `sweep.space` are still placeholders here: the index names them."""
+    return trial_key({key: value for key, value in config.items() if key not in spec.space})
 
 
 def warm_spectrogram_caches(spec: SweepSpec) -> None:
@@ -231,14 +264,32 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def summarize(spec: SweepSpec, grid, sweep_dir: Path, parent_run_id: str, store: str) -> SweepOutcome:
-    finished, errored = 0, []
-    for result in grid:
+    finished, stopped_early, errored = 0, 0, []
+    for result, status in zip(grid, _trial_statuses(grid)):
         name = trial_key(result.config or {})
+        stage = (result.metrics or {}).get("stage", 0)
         if result.error is not None:
             errored.append(f"{name}: {str(result.error).splitlines()[0][:200]}")
-        elif (result.metrics or {}).get("stage") == spec.stages:
+        elif stage == spec.stages:
             finished += 1
-    return SweepOutcome(sweep_dir, parent_run_id, store, spec.trial_count(), finished, errored, None)
+        elif spec.stages > 1 and stage >= 1 and status == "TERMINATED":  # the scheduler stopped it at a rung
+            stopped_early += 1
+    return SweepOutcome(
+        sweep_dir, parent_run_id, store, spec.trial_count(), finished, errored, None, stopped_early=stopped_early
+    )
+
+
+def _trial_statuses(grid) -> list[str]:
+    """Tune's status of each result's trial (TERMINATED, PAUSED, ...), in result order.
+
+    A trial ASHA stopped and one a Ctrl-C interrupted report alike; only the status tells them apart.
+    ResultGrid builds its results from `_experiment_analysis.trials`, in that order. Where that is not
+    available every status is '' and such trials count as unfinished (resumable), never as done.
+    """
+    trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None)
+    if trials is None or len(trials) != len(grid):
+        return [""] * len(grid)
+    return [str(trial.status) for trial in trials]
 
 
 def finish_parent_run(spec: SweepSpec, outcome: SweepOutcome) -> Path | None:
@@ -249,13 +300,12 @@ def finish_parent_run(spec: SweepSpec, outcome: SweepOutcome) -> Path | None:
 
     client = mlflow.tracking.MlflowClient()
     report_dir = None
-    if outcome.finished:
+    if outcome.finished or outcome.stopped_early:
         report_dir = outcome.sweep_dir / "report"
         files = write_report(spec.base["tracking"]["experiment"], report_dir, parent_run_id=outcome.parent_run_id)
         client.log_artifacts(outcome.parent_run_id, str(report_dir), "report")
         print(files.markdown.read_text())
-    complete = outcome.finished == outcome.total and not outcome.errored
-    status = "FINISHED" if complete else ("FAILED" if outcome.errored else "KILLED")
+    status = "FINISHED" if outcome.complete else ("FAILED" if outcome.errored else "KILLED")
     client.set_terminated(outcome.parent_run_id, status)
     return report_dir
 
@@ -288,9 +338,10 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"sweep.storage_path={args.storage_path}")
     spec = load_sweep(args.config, overrides)
     outcome = run_sweep(spec, address=args.address, resume=args.resume, num_cpus=args.num_cpus)
-    print(f"sweep {spec.settings.name}: {outcome.finished}/{outcome.total} trials finished; parent MLflow run "
+    early = f" ({outcome.stopped_early} more stopped early by ASHA)" if outcome.stopped_early else ""
+    print(f"sweep {spec.settings.name}: {outcome.finished}/{outcome.total} trials finished{early}; parent MLflow run "
           f"{outcome.parent_run_id}; files in {outcome.sweep_dir}")  # fmt: skip
-    if outcome.finished < outcome.total:
+    if not outcome.complete:
         for line in outcome.errored:
             print(f"failed: {line}")
         print(f"continue with: python -m tuning.sweep --config {args.config} --resume (same overrides)")

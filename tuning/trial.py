@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import Config
-from tuning.spec import SweepSpec, trial_key
+from tuning.spec import SAMPLE_INDEX, SweepSpec, trial_key
 
 log = logging.getLogger(__name__)
 KEY_TAG = "sweep.trial_key"  # the MLflow tag that finds a trial's child run again
@@ -58,9 +58,11 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
         tune.report(last_metrics)
         return
     for stage in range(done, spec.stages):
-        config = stage_config(context, params, output_dir, stage)
+        config = trial_config(context, params, output_dir)
         run_id = adopt_child_run(output_dir, config.tracking.experiment, context.parent_run_id, key)
         tags = {**{axis: str(params[axis]) for axis in spec.axes}, "seed": str(params["seed"]), KEY_TAG: key}
+        if SAMPLE_INDEX in params:
+            tags[f"sweep.{SAMPLE_INDEX}"] = str(params[SAMPLE_INDEX])
         tags.update({"sweep.name": spec.settings.name, "sweep.axes": json.dumps(spec.axes)})
         resume = "latest" if (output_dir / "config.yaml").is_file() else None
         if spec.workers > 1:
@@ -70,7 +72,7 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
         else:
             metrics, run_id = train_and_score(context, config, resume, tags, stage)
         _tag_node(run_id)
-        metrics = {**metrics, "stage": stage + 1, "train_steps": config.train.max_steps}
+        metrics = {**metrics, "stage": stage + 1, "train_steps": stage_end_step(config, spec.stages, stage)}
         state = {"stages_done": stage + 1, "metrics": metrics, "output_dir": str(output_dir), "key": key}
         temporary = output_dir / f".{STATE_FILE}.tmp"
         temporary.write_text(json.dumps(state))
@@ -89,15 +91,18 @@ def _tag_node(run_id: str) -> None:
         mlflow.tracking.MlflowClient().set_tag(run_id, "ray.node_id", ray.get_runtime_context().get_node_id())
 
 
-def stage_config(context: TrialContext, params: dict[str, Any], output_dir: Path, stage: int) -> Config:
+def trial_config(context: TrialContext, params: dict[str, Any], output_dir: Path) -> Config:
     spec = context.spec
     config = spec.trial_config(params)
     config.output_dir = str(output_dir)
     config.tracking.tracking_uri = context.tracking_uri
     config.tracking.run_name = f"{spec.settings.name}/{output_dir.name}"
-    if spec.stages > 1:  # ASHA: the training budget is cut into equal stages, each scored
-        config.train.max_steps = max(1, round(config.train.max_steps * (stage + 1) / spec.stages))
     return config
+
+
+def stage_end_step(config: Config, stages: int, stage: int) -> int:
+    """ASHA cuts the training budget into equal stages, each scored; the LR schedule spans all of them."""
+    return max(1, round(config.train.max_steps * (stage + 1) / stages))
 
 
 def _stages_done(checkpoint) -> tuple[int, dict]:
@@ -160,7 +165,10 @@ def train_and_score(
     """Train (or continue), then generate and score on this process; returns (metrics, MLflow run id)."""
     from training.train import train
 
-    result = train(config, resume=resume, show_progress=False, parent_run_id=context.parent_run_id, run_tags=tags)
+    result = train(
+        config, resume=resume, show_progress=False, parent_run_id=context.parent_run_id, run_tags=tags,
+        stop_after_steps=stage_end_step(config, context.spec.stages, stage),
+    )  # fmt: skip
     if train_only:
         return {}, result.run_id
     _maybe_fail_once(context, Path(config.output_dir))
