@@ -343,7 +343,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--resume", help="'latest' to continue from the newest checkpoint of output_dir, or a checkpoint folder"
     )
     parser.add_argument(
-        "--stop-after-steps", type=int, help="checkpoint and stop at this step (resume later with --resume latest)"
+        "--stop-after-steps",
+        type=int,
+        help="checkpoint, save the EMA model as of this step, and stop (resume later with --resume latest)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.loss=l1 model.attention=false")
