@@ -72,6 +72,23 @@ def training_midway(sweep_dir: Path) -> Path | None:
     return None
 
 
+def wait_until_training_midway(driver: subprocess.Popen, sweep_dir: Path, log_file: Path) -> tuple[Path, int]:
+    """Wait for a trial to have a checkpoint but no model yet; returns that trial folder and checkpoint's step."""
+    wait_for(lambda: training_midway(sweep_dir) is not None or driver.poll() is not None, 400, "a checkpoint")
+    assert driver.poll() is None, log_file.read_text()[-3000:]
+    trial = training_midway(sweep_dir)
+    return trial, newest_checkpoint_step(trial)
+
+
+def sweep_child_runs(tmp_path: Path, sweep_dir: Path, overrides: list[str]) -> list:
+    """The child runs under the sweep's parent run, read from its SQLite store (its server is gone)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent_run_id = json.loads((sweep_dir / "sweep.json").read_text())["parent_run_id"]
+    return child_runs(load_sweep(ABLATION_TINY, overrides), parent_run_id)
+
+
 def trial_worker(driver: psutil.Process) -> psutil.Process | None:
     """The Ray worker process running a trial (Ray names it after the Tune trainable's actor)."""
     for process in driver.children(recursive=True):
@@ -124,12 +141,9 @@ def test_a_killed_trial_worker_is_retried_from_its_last_checkpoint(
     sweep_dir = tmp_path / "sweeps" / "worker-killed"
     driver = start_sweep(tmp_path, overrides, "sweep.log")
     try:
-        wait_for(lambda: training_midway(sweep_dir) is not None or driver.poll() is not None, 400, "a checkpoint")
-        assert driver.poll() is None, (tmp_path / "sweep.log").read_text()[-3000:]
+        _, checkpoint_step = wait_until_training_midway(driver, sweep_dir, tmp_path / "sweep.log")
         worker = trial_worker(psutil.Process(driver.pid))
         assert worker is not None, [p.name() for p in psutil.Process(driver.pid).children(recursive=True)]
-        checkpoint_step = newest_checkpoint_step(training_midway(sweep_dir))
-        assert checkpoint_step < 80
         worker.send_signal(signal.SIGKILL)  # what the OOM killer or a lost node does
         worker.wait(30)
     finally:
@@ -138,9 +152,7 @@ def test_a_killed_trial_worker_is_retried_from_its_last_checkpoint(
     assert "1/1 trials finished" in output
     assert list(sweep_dir.glob("tune/*/error.txt")), "Ray never saw the trial fail"
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    parent_run_id = json.loads((sweep_dir / "sweep.json").read_text())["parent_run_id"]
-    (run,) = child_runs(load_sweep(ABLATION_TINY, overrides), parent_run_id)  # the retry continued the same run
+    (run,) = sweep_child_runs(tmp_path, sweep_dir, overrides)  # the retry continued the same run
     assert_resumed_not_restarted(mlflow.tracking.MlflowClient(), run, checkpoint_step)
     assert {"fd_esc", "esc_top1"} <= set(run.data.metrics)
 
@@ -154,10 +166,7 @@ def test_a_killed_sweep_driver_takes_its_services_down_and_resume_completes_it(
     sweep_dir = tmp_path / "sweeps" / "driver-killed"
     driver = start_sweep(tmp_path, overrides, "first.log")
     try:
-        wait_for(lambda: training_midway(sweep_dir) is not None or driver.poll() is not None, 400, "a checkpoint")
-        assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-        interrupted = training_midway(sweep_dir)
-        checkpoint_step = newest_checkpoint_step(interrupted)
+        interrupted, checkpoint_step = wait_until_training_midway(driver, sweep_dir, tmp_path / "first.log")
         services = psutil.Process(driver.pid).children(recursive=True)
         listening = listening_addresses(services)
         servers = [p for p in services if p.cmdline()[1:4] == ["-m", "mlflow", "server"]]
@@ -183,12 +192,11 @@ def test_a_killed_sweep_driver_takes_its_services_down_and_resume_completes_it(
     assert "2/2 trials finished" in output
     assert len(list(sweep_dir.glob("trials/*/evaluation/metrics.json"))) == 2
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    parent_run_id = json.loads((sweep_dir / "sweep.json").read_text())["parent_run_id"]
-    runs = child_runs(load_sweep(ABLATION_TINY, overrides), parent_run_id)
+    runs = sweep_child_runs(tmp_path, sweep_dir, overrides)
     assert sorted(run.data.tags[KEY_TAG] for run in runs) == sorted(p.name for p in sweep_dir.glob("trials/*"))
     assert len(runs) == 2  # complete and unique: the interrupted trial continued its own run
     (continued,) = [run for run in runs if run.data.tags[KEY_TAG] == interrupted.name]
     assert_resumed_not_restarted(mlflow.tracking.MlflowClient(), continued, checkpoint_step)
+    parent_run_id = json.loads((sweep_dir / "sweep.json").read_text())["parent_run_id"]
     assert mlflow.get_run(parent_run_id).info.status == "FINISHED"
     assert (sweep_dir / "report" / "report.md").is_file()
