@@ -9,7 +9,8 @@ exactly 5.0 s at the model's rate; every clip must be embedded (the package prin
 fails on; here that is an error); PANN's per-clip vectors stay rows (the package's `score()` flattens
 them into one 1-D array); the reference's embeddings and statistics are cached on disk under a key of
 (reference clips, model and weights, sample rate, clip length), so scoring many generated sets never
-re-embeds the reference.
+re-embeds the reference; PANN runs on whole batches (the package runs it clip by clip), falling back
+to clip by clip only to name a clip that fails.
 """
 
 from __future__ import annotations
