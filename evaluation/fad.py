@@ -2,7 +2,7 @@
 
 The package's model (VGGish, PANN, CLAP or EnCodec), its `get_embeddings` and `calculate_embd_statistics`
 do the work; the distance is `evaluation.metrics.frechet_distance` (the package's formula, computed
-with symmetric eigendecompositions: seconds instead of minutes for PANN's 2048-d embeddings).
+with symmetric eigendecompositions: 1.5 s instead of scipy sqrtm's 8.8 s for PANN's 2048-d embeddings on 2 cores).
 
 Added here: clips come from a table (a generated manifest or the reference split) and are decoded at
 exactly 5.0 s at the model's rate; every clip must be embedded (the package prints and skips clips it
