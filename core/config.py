@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +117,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
                 merged = OmegaConf.merge(merged, OmegaConf.load(path))
             except yaml.YAMLError as error:
                 raise UserError(f"config file {path} is not valid YAML: {' '.join(str(error).split())}") from None
+            except (TypeError, ValueError) as error:  # OmegaConf: e.g. a mapping where a list belongs
+                raise UserError(f"config file {path} does not fit the config: {error}") from None
         if overrides:
             _check_override_syntax(overrides)
             for item in overrides:  # one at a time, so that a value YAML cannot read is named
@@ -126,9 +129,13 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
                     raise UserError(
                         f"override '{item.encode('unicode_escape').decode()}' is not valid YAML: {reason}"
                     ) from None
+                except (TypeError, ValueError) as error:  # OmegaConf: e.g. a mapping where a list belongs
+                    key = item.split("=", 1)[0].encode("unicode_escape").decode()
+                    raise UserError(f"invalid config key '{key}': {str(error).splitlines()[0]}") from None
         if OmegaConf.is_missing(merged, "output_dir"):
             raise UserError("config key 'output_dir' is required (set it in the YAML or as output_dir=DIR)")
         config: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+        OmegaConf.structured(config)  # list elements' types are checked only here ([{}] passes to_object)
     except OmegaConfBaseException as error:
         raise UserError(_describe_omegaconf_error(error, path)) from None
     validate(config)
@@ -156,6 +163,9 @@ def _require(condition: bool, key: str, message: str) -> None:
 def validate(config: Config) -> None:
     """Checks that types cannot express; each error names its key."""
     data, model, train, sample = config.data, config.model, config.train, config.sample
+    for key, value in flatten(config).items():
+        if isinstance(value, float):
+            _require(math.isfinite(value), key, f"{value} is not a finite number")
     _require(data.sample_rate >= 4000, "data.sample_rate", f"{data.sample_rate} Hz is too low")
     _require(data.clip_seconds > 0, "data.clip_seconds", "must be positive")
     levels = len(model.block_channels)
@@ -175,6 +185,7 @@ def validate(config: Config) -> None:
     _require(data.shuffle_buffer >= 1, "data.shuffle_buffer", "must be >= 1")
     _require(all(1 <= f <= 5 for f in data.folds), "data.folds", "ESC-50 folds are 1..5")
     _require(all(c > 0 for c in model.block_channels), "model.block_channels", "must be positive")
+    _require(model.norm_groups >= 1, "model.norm_groups", "must be >= 1")
     _require(
         all(c % model.norm_groups == 0 for c in model.block_channels),
         "model.norm_groups",

@@ -106,6 +106,10 @@ def test_draws_from_the_space_are_seeded_valid_and_shared_by_a_draws_seeds(tmp_p
         ("sweep.colour=blue", "colour"),
         ("sweep.grid.seed=[1,2]", "sweep.seeds"),
         ("model.block_channels=[16,32,36]", "model.norm_groups"),  # a base override that breaks the base
+        # Found by fuzzing load_sweep with hypothesis (they raised TypeError and yaml's ReaderError):
+        ("sweep.seeds={}", "sweep.seeds"),
+        ("sweep.asha={stages: [1]}", "sweep.asha.stages"),
+        ("sweep.name=\x1f", "sweep.name=\\x1f"),
     ],
 )
 def test_bad_keys_and_values_exit_2_naming_the_culprit(override: str, culprit: str, capsys):

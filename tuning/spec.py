@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -170,9 +171,13 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None) -> S
     for key in ("grid", "space"):  # YAML may spell axes dotted or nested; compare them nested
         if isinstance(raw_sweep.get(key), dict):
             raw_sweep[key] = _nest(raw_sweep[key])
-    if sweep_overrides:
-        cli = OmegaConf.to_container(OmegaConf.from_dotlist([o[len("sweep.") :] for o in sweep_overrides]))
-        raw_sweep = _deep_merge(raw_sweep, cli)
+    for item in sweep_overrides:  # one at a time, so that the one that cannot be read is named
+        try:
+            parsed = OmegaConf.to_container(OmegaConf.from_dotlist([item[len("sweep.") :]]), resolve=True)
+        except (yaml.YAMLError, OmegaConfBaseException, TypeError, ValueError) as error:
+            shown = item.encode("unicode_escape").decode()
+            raise UserError(f"override '{shown}' cannot be read: {str(error).splitlines()[0]}") from None
+        raw_sweep = _deep_merge(raw_sweep, parsed)
     settings = _structured_settings(raw_sweep, path)
     grid = _flatten_leaves(settings.grid, "sweep.grid", leaf=lambda v: isinstance(v, list))
     space = _flatten_leaves(settings.space, "sweep.space", leaf=_is_distribution)
@@ -223,10 +228,31 @@ def _structured_settings(raw: dict, path: Path) -> SweepSettings:
         merged = OmegaConf.merge(OmegaConf.structured(SweepSettings), raw)
         if OmegaConf.is_missing(merged, "name"):
             raise UserError(f"sweep key 'sweep.name' is required in {path} (or sweep.name=NAME)")
-        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+        settings: SweepSettings = OmegaConf.to_object(merged)  # type: ignore[assignment]
+        OmegaConf.structured(settings)  # list elements' types are checked only here ([{}] passes to_object)
+        return settings
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or "?"
         raise UserError(f"invalid sweep key 'sweep.{key}' in {path}: {str(error).splitlines()[0]}") from None
+    except (TypeError, ValueError) as error:  # OmegaConf names no key for a mapping where a list belongs
+        raise UserError(f"invalid sweep key 'sweep.{_misfit_key(raw)}' in {path}: {error}") from None
+
+
+def _misfit_key(raw: dict) -> str:
+    """The (second-level) key of `raw` that does not merge into SweepSettings."""
+
+    def fits(candidate: dict) -> bool:
+        try:
+            OmegaConf.merge(OmegaConf.structured(SweepSettings), candidate)
+            return True
+        except (OmegaConfBaseException, TypeError, ValueError):
+            return False
+
+    for key, value in raw.items():
+        if not fits({key: value}):
+            inner = [sub for sub in value if not fits({key: {sub: value[sub]}})] if isinstance(value, dict) else []
+            return f"{key}.{inner[0]}" if inner else str(key)
+    return "?"
 
 
 def _nest(mapping: dict) -> dict:

@@ -7,7 +7,7 @@ import string
 
 import pandas as pd
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from core.config import Config, flatten, load_config
@@ -26,6 +26,10 @@ BAD_CONFIGS = [
     ("sample.steps=0", "sample.steps"),
     ("train.loss=huber", "train.loss"),  # a loss that does not exist
     ("model.norm_groups=5", "model.norm_groups"),  # does not divide the channels
+    # Found by hypothesis (a TypeError, a ZeroDivisionError, a NaN passing every check):
+    ("model.block_channels={}", "model.block_channels"),  # a mapping where a list belongs
+    ("model.norm_groups=0", "model.norm_groups"),
+    ("train.learning_rate=nan", "train.learning_rate"),
 ]
 
 
@@ -47,23 +51,56 @@ keys = st.sampled_from(sorted(VALID)) | st.text(string.ascii_lowercase + "._", m
 values = st.one_of(
     st.integers(-(2**40), 2**40).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(str),
-    st.sampled_from(["true", "false", "null", "[]", "[1,2]", "[0,64]", "{}", "l1", "ddpm", "", "'x'", "${oops}"]),
+    st.sampled_from(["true", "false", "null", "[]", "[1,2]", "[0,64]", "{}", "[{}]", "[[1]]", "l1", "ddpm", "", "'x'"]),
+    st.just("${oops}"),
     st.text(max_size=10),
 )
 
 
 @settings(max_examples=150, deadline=None)
 @given(overrides=st.lists(st.tuples(keys, values), max_size=4))
+@example(overrides=[("model.block_channels", "{}")])  # OmegaConf raised a bare TypeError here
+@example(overrides=[("model.norm_groups", "0")])  # validate() divided by it
+@example(overrides=[("data.folds", "[{}]")])  # to_object let a mapping into a list of ints
 def test_any_overrides_give_a_valid_config_or_a_user_error(overrides):
     """Random dotted keys and values: a Config that validates, or a UserError, never another exception."""
     dotted = ["output_dir=x"] + [f"{key}={value}" for key, value in overrides]
     try:
         config = load_config(TINY_CONFIG, dotted)
     except UserError as error:
-        assert "\n" not in " ".join(str(error).split()) and str(error)
+        assert str(error) and "\n" not in str(error)  # one line
         return
     assert isinstance(config, Config)
     assert config.data.resolution & (config.data.resolution - 1) == 0 and config.train.max_steps >= 1
+
+
+SWEEP_KEYS = st.sampled_from(
+    ["sweep.name", "sweep.seeds", "sweep.search", "sweep.num_samples", "sweep.mode", "sweep.cpus_per_trial",
+     "sweep.generate.classes", "sweep.evaluate.metrics", "sweep.asha", "sweep.asha.stages", "sweep.grid",
+     "sweep.space", "sweep.grid.train.loss", "sweep.space.train.learning_rate", "sweep", "train.max_steps"]
+)  # fmt: skip
+SWEEP_VALUES = values | st.sampled_from(
+    ["{a: 1}", "{loguniform: [1, 0]}", "{loguniform: [0.001, 0.1]}", "{choice: []}", "{uniform: [a, b]}",
+     "{stages: [1]}", "[[1]]", "[{}]", "asha", "random"]
+)  # fmt: skip
+
+
+@settings(max_examples=100, deadline=None)
+@given(overrides=st.lists(st.tuples(SWEEP_KEYS, SWEEP_VALUES), max_size=3))
+@example(overrides=[("sweep.seeds", "{}")])  # OmegaConf raised a bare TypeError here
+@example(overrides=[("sweep.name", "\x1f")])  # and yaml a ReaderError here
+@example(overrides=[("sweep.seeds", "[{}]")])  # and to_object let a mapping into a list of ints
+def test_any_sweep_overrides_give_a_sweep_or_a_user_error(overrides):
+    """The same over sweep files: a checked SweepSpec, or a one-line UserError."""
+    from tests.test_sweep_helpers import ABLATION_TINY
+    from tuning.spec import SweepSpec, load_sweep
+
+    try:
+        spec = load_sweep(ABLATION_TINY, [f"{key}={value}" for key, value in overrides])
+    except UserError as error:
+        assert str(error) and "\n" not in str(error)  # one line
+        return
+    assert isinstance(spec, SweepSpec) and spec.trial_count() >= 1
 
 
 @pytest.fixture
