@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import IO
 
 from core.errors import UserError
+
+LOCK_FILE = ".running.lock"
+_held_locks: dict[str, IO[str]] = {}  # folder -> the open lock file this process holds
 
 
 def claim_output_dir(output_dir: Path, config_yaml: str, resuming: bool) -> None:
@@ -43,3 +47,46 @@ def _claim_exclusively(temporary: Path, config_file: Path, output_dir: Path) -> 
         ) from None
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def lock_output_dir(output_dir: Path) -> None:
+    """Hold an exclusive lock on `output_dir` while this process trains in it.
+
+    The claim above stops a second fresh run; this stops a second job resuming a folder whose run is
+    still going (two `--resume latest` at once would interleave checkpoints). The kernel drops a
+    flock when its process dies, kill -9 included, so a crashed run never leaves the folder locked.
+    The same process may lock again (a sweep trial retried in the same Ray worker). Where flock does
+    not exist (Windows) or is not shared (some network file systems) nothing is locked.
+    """
+    key = str(output_dir.resolve())
+    if key in _held_locks:
+        return
+    try:
+        import fcntl
+    except ImportError:
+        return
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(output_dir / LOCK_FILE, "a+")
+    except OSError as error:
+        raise UserError(f"cannot write to output_dir {output_dir}: {error.strerror or error}") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "unknown"
+        handle.close()
+        raise UserError(
+            f"output_dir {output_dir} is in use by a running job (pid {owner}); "
+            "wait for it to end or stop it before resuming"
+        ) from None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _held_locks[key] = handle
+
+
+def unlock_output_dir(output_dir: Path) -> None:
+    handle = _held_locks.pop(str(output_dir.resolve()), None)
+    if handle is not None:
+        handle.close()

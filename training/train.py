@@ -39,7 +39,7 @@ from core.pipeline import DiffusionModel
 from core.spectrograms import build_spectrogram_cache, mel_settings, select_folds, spectrogram_stream, to_model_range
 from core.tracking import RunLogger, configure_tracking, git_commit, redact_uri
 from training.checkpoints import complete_checkpoints, load_latest_checkpoint, save_checkpoint
-from training.run_folder import claim_output_dir
+from training.run_folder import claim_output_dir, lock_output_dir, unlock_output_dir
 from training.samples import write_class_samples
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,10 @@ def train(
     if accelerator.is_main_process:
         # An unreachable tracking server fails here, before the output folder is claimed or any work starts.
         configure_tracking(config.tracking.tracking_uri, config.tracking.experiment)
+        if resume is not None:  # before the config is rewritten: a running job's folder stays untouched
+            lock_output_dir(output_dir)
         claim_output_dir(output_dir, to_yaml(without_secrets(config)), resuming=resume is not None)
+        lock_output_dir(output_dir)  # a fresh run, once its claim succeeded (a no-op when held already)
     accelerator.wait_for_everyone()
 
     stream, loader, batches_per_epoch = build_data(config, accelerator)
@@ -245,6 +248,7 @@ def train(
             run.set_terminated("FINISHED")
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    unlock_output_dir(output_dir)
     return TrainResult(output_dir, model_dir, run.run_id if run else "", step, losses)
 
 
@@ -255,6 +259,7 @@ def stop_early(accelerator: Accelerator, output_dir: Path, step: int, config: Co
         run.flush(deadline_seconds=60)
         run.set_terminated("KILLED")  # resumable: `--resume latest` sets it RUNNING again
     accelerator.end_training()
+    unlock_output_dir(output_dir)
     return TrainResult(output_dir, output_dir / "model", run.run_id if run else "", step, losses)
 
 

@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import TINY_CONFIG
-from tests.reliability.conftest import FAST, error_lines, run_training, start_training, train_argv
+from tests.reliability.conftest import FAST, error_lines, run_training, start_training, train_argv, wait_for
 from training.checkpoints import complete_checkpoints, verify_checkpoint
 
 
@@ -135,6 +135,30 @@ def test_two_runs_started_at_once_into_one_folder_exactly_one_runs(tmp_path, tra
     assert [(r.info.run_name, r.info.status) for r in runs] == [(winner, "FINISHED")]
     assert (output_dir / "model" / "audio.json").is_file()
     assert not list(output_dir.glob(".config.yaml*")), "a temporary config was left behind"
+
+
+@pytest.mark.slow
+def test_a_resume_while_the_run_is_still_going_is_refused_and_touches_nothing(tmp_path, train_overrides):
+    output_dir, uri = tmp_path / "busy", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = train_overrides(output_dir, uri, "train.max_steps=300", "train.checkpoint_every=5")
+    first = start_training(train_argv(overrides), tmp_path / "first.log")
+    try:
+        wait_for(lambda: bool(complete_checkpoints(output_dir)) or first.poll() is not None, 240, "a checkpoint")
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-2000:]
+        config_before = (output_dir / "config.yaml").read_bytes()
+        second = run_training(train_argv([*overrides, "train.learning_rate=1.0e-3"], resume=True))
+        assert first.poll() is None, "the first run ended before the second was refused: nothing was tested"
+    finally:
+        first.wait(timeout=300)
+    assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
+    (error,) = error_lines(second.stderr)
+    assert f"output_dir {output_dir} is in use by a running job (pid {first.pid})" in error
+    assert (output_dir / "config.yaml").read_bytes() == config_before  # its other learning rate was not written
+    assert first.returncode == 0, (tmp_path / "first.log").read_text()[-2000:]
+    assert (output_dir / "model" / "audio.json").is_file()
+    # The lock went with the first run: resuming its finished folder is allowed again.
+    again = run_training(train_argv(overrides, resume=True))
+    assert again.returncode == 0, again.stderr[-2000:]
 
 
 def test_a_second_run_into_a_used_folder_is_refused_and_changes_nothing(tiny_config, capsys):
