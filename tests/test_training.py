@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ from core.errors import UserError
 from core.pipeline import DiffusionModel
 from tests.conftest import REPO, TINY_CONFIG, free_port
 from training.checkpoints import complete_checkpoints
+from training.run_folder import LOCK_FILE
 from training.train import train
 
 VENV_BIN = Path(sys.executable).parent
@@ -84,6 +86,16 @@ def test_two_cpu_processes_each_see_a_different_half(tmp_path, esc50_mini, spect
     assert (complete_checkpoints(output)[-1] / "random_states_1.pkl").is_file()  # each process's RNG is saved
 
 
+def _lock_is_free(output_dir: Path) -> bool:
+    """Whether another job could lock the folder now (a new open file conflicts even within one process)."""
+    with open(output_dir / LOCK_FILE, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+
 def _weights(output_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(output_dir / "model" / "unet" / "diffusion_pytorch_model.safetensors")
 
@@ -113,6 +125,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, tiny_config) -> None:
     history = client.get_metric_history(rest.run_id, "loss")
     assert sorted(m.step for m in history) == list(range(1, 17))  # each step once, none lost or doubled
     assert client.get_run(rest.run_id).info.status == "FINISHED"
+    assert _lock_is_free(rest.output_dir)
 
 
 def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_config) -> None:
@@ -122,6 +135,7 @@ def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_
     )  # fmt: skip
     with pytest.raises(UserError, match=r"loss became (nan|inf).*last good checkpoint"):
         train(config, show_progress=False)
+    assert _lock_is_free(Path(config.output_dir))  # released on the error: a retry elsewhere may resume
     assert not (Path(config.output_dir) / "model").exists()
     for checkpoint in complete_checkpoints(config.output_dir):
         weights = load_file(checkpoint / "model.safetensors")

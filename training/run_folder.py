@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import IO
 
 from core.errors import UserError
 
+log = logging.getLogger(__name__)
 LOCK_FILE = ".running.lock"
 _held_locks: dict[str, IO[str]] = {}  # folder -> the open lock file this process holds
 
@@ -55,8 +57,8 @@ def lock_output_dir(output_dir: Path) -> None:
     The claim above stops a second fresh run; this stops a second job resuming a folder whose run is
     still going (two `--resume latest` at once would interleave checkpoints). The kernel drops a
     flock when its process dies, kill -9 included, so a crashed run never leaves the folder locked.
-    The same process may lock again (a sweep trial retried in the same Ray worker). Where flock does
-    not exist (Windows) or is not shared (some network file systems) nothing is locked.
+    Locking again in the same process is a no-op (`train` locks before and after its claim). Where
+    flock does not exist (Windows) or is not shared (some network file systems) nothing is locked.
     """
     key = str(output_dir.resolve())
     if key in _held_locks:
@@ -80,6 +82,10 @@ def lock_output_dir(output_dir: Path) -> None:
             f"output_dir {output_dir} is in use by a running job (pid {owner}); "
             "wait for it to end or stop it before resuming"
         ) from None
+    except OSError as error:  # e.g. ENOLCK on a network file system without locking: go on unlocked
+        log.warning("cannot lock output_dir %s (%s); not guarding it against a concurrent resume", output_dir, error)
+        handle.close()
+        return
     handle.truncate(0)
     handle.write(f"{os.getpid()}\n")
     handle.flush()

@@ -125,15 +125,33 @@ def train(
     accelerator = make_accelerator(config)
     set_seed(config.seed)
     output_dir = Path(config.output_dir)
-    if accelerator.is_main_process:
-        # An unreachable tracking server fails here, before the output folder is claimed or any work starts.
-        configure_tracking(config.tracking.tracking_uri, config.tracking.experiment)
-        if resume is not None:  # before the config is rewritten: a running job's folder stays untouched
-            lock_output_dir(output_dir)
-        claim_output_dir(output_dir, to_yaml(without_secrets(config)), resuming=resume is not None)
-        lock_output_dir(output_dir)  # a fresh run, once its claim succeeded (a no-op when held already)
-    accelerator.wait_for_everyone()
+    try:
+        if accelerator.is_main_process:
+            # An unreachable tracking server fails here, before the output folder is claimed or any work starts.
+            configure_tracking(config.tracking.tracking_uri, config.tracking.experiment)
+            if resume is not None:  # before the config is rewritten: a running job's folder stays untouched
+                lock_output_dir(output_dir)
+            claim_output_dir(output_dir, to_yaml(without_secrets(config)), resuming=resume is not None)
+            lock_output_dir(output_dir)  # a fresh run, once its claim succeeded (a no-op when held already)
+        accelerator.wait_for_everyone()
+        return train_in_folder(
+            accelerator, config, output_dir, resume, show_progress, parent_run_id, run_tags, stop_after_steps
+        )
+    finally:
+        unlock_output_dir(output_dir)  # on errors too: a sweep may retry this trial in another live process
 
+
+def train_in_folder(
+    accelerator: Accelerator,
+    config: Config,
+    output_dir: Path,
+    resume: str | None,
+    show_progress: bool,
+    parent_run_id: str | None,
+    run_tags: dict[str, str] | None,
+    stop_after_steps: int | None,
+) -> TrainResult:
+    """The body of `train`, in a folder this process has claimed and locked: data, model, loop, model."""
     stream, loader, batches_per_epoch = build_data(config, accelerator)
     world = accelerator.num_processes
 
@@ -248,7 +266,6 @@ def train(
             run.set_terminated("FINISHED")
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    unlock_output_dir(output_dir)
     return TrainResult(output_dir, model_dir, run.run_id if run else "", step, losses)
 
 
@@ -259,7 +276,6 @@ def stop_early(accelerator: Accelerator, output_dir: Path, step: int, config: Co
         run.flush(deadline_seconds=60)
         run.set_terminated("KILLED")  # resumable: `--resume latest` sets it RUNNING again
     accelerator.end_training()
-    unlock_output_dir(output_dir)
     return TrainResult(output_dir, output_dir / "model", run.run_id if run else "", step, losses)
 
 
