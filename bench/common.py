@@ -36,7 +36,6 @@ class BenchOptions:
     source: str = DEFAULT_SOURCE
     work_dir: Path = Path(".")
     repeats: int = 3
-    show_progress: bool = False
 
 
 @dataclass
@@ -146,3 +145,9 @@ def scaled_source(source: str, copies: int, dest: Path) -> str:
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -123,7 +123,7 @@ def run(options: BenchOptions) -> list[StageResult]:
     classes, generated_clips = (8, 4) if options.quick else (50, 50)
     folders = prepare_folders(options.source, root, classes, generated_clips)
     clips = generated_clips + len(os.listdir(folders["background"]))
-    ours_runs, base_runs, checks = [], [], []
+    ours_runs, base_runs = [], []
     for repeat in range(options.repeats):
         mine = in_child(ours, folders, ckpt_dir, str(root / f"cache-{repeat}"))  # fresh cache: reference embedded too
         embeddings_dir = root / f"package-embeddings-{repeat}"
@@ -131,12 +131,11 @@ def run(options: BenchOptions) -> list[StageResult]:
         theirs = in_child(baseline, folders, ckpt_dir, str(embeddings_dir))
         ours_runs.append(clips / mine["seconds"])
         base_runs.append(clips / theirs["seconds"])
-        checks.append((mine["fad"], theirs["fad_rows"], theirs["score"]))
         log(
             f"  evaluate {repeat + 1}/{options.repeats}: ours {ours_runs[-1]:.2f}, baseline {base_runs[-1]:.2f} "
             f"clips/s; FAD ours {mine['fad']:.6g}, package {theirs['fad_rows']:.6g} (score(): {theirs['score']:.6g})"
         )
-    ours_fad, package_fad, package_score = checks[-1]
+    ours_fad, package_fad, package_score = mine["fad"], theirs["fad_rows"], theirs["score"]  # the last repeat
     message = theirs["score_message"]
     relative = abs(ours_fad - package_fad) / max(abs(package_fad), 1e-12)
     return [

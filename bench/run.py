@@ -24,10 +24,11 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from bench.common import BenchOptions, StageResult, log  # noqa: E402
+from bench.common import BenchOptions, StageResult, cuda_available, log  # noqa: E402
 from core.config import DEFAULT_SOURCE  # noqa: E402
 from core.errors import UserError, exit_on_user_error  # noqa: E402
 from core.esc50 import read_clips  # noqa: E402
+from core.files import write_text_atomic
 
 STAGES = ("preprocess", "train", "sample", "evaluate", "sweep_overhead", "sweep_scaling")
 
@@ -66,12 +67,6 @@ def run_bench(stages: list[str], options: BenchOptions, gpu: str = "auto") -> di
     return report
 
 
-def cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def machine_description(options: BenchOptions) -> dict:
     import torch
 
@@ -100,13 +95,6 @@ def format_table(report: dict) -> str:
             f"{row['ratio']:>6.2f}x {goal:>6}  {row.get('verdict', '')}"
         )
     return "\n".join(lines)
-
-
-def write_json_atomic(path: Path, report: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(report, indent=2, sort_keys=True))
-    os.replace(temporary, path)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -144,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(work_dir, ignore_errors=True)
     print(format_table(report))
     if args.json:
-        write_json_atomic(args.json, report)
+        write_text_atomic(args.json, json.dumps(report, indent=2, sort_keys=True))
         print(f"wrote {args.json}")
 
 

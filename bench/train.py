@@ -13,7 +13,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from bench.common import BenchOptions, StageResult, Stopwatch, in_child, log, median_result
+from bench.common import BenchOptions, StageResult, Stopwatch, cuda_available, in_child, log, median_result
 
 TINY_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
 
@@ -143,15 +143,9 @@ def run(options: BenchOptions) -> list[StageResult]:
             base_runs,
             peak_memory_mib_ours=max(ours_mem),
             peak_memory_mib_baseline=max(base_mem),
-            peak_memory_kind="torch.cuda.max_memory_allocated" if _cuda() else "peak RSS of the process",
+            peak_memory_kind="torch.cuda.max_memory_allocated" if cuda_available() else "peak RSS of the process",
             resolution=32 if options.quick else 64,
             batch_size=16,
             measured_steps=measured,
         )  # fmt: skip
     ]
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()

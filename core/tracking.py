@@ -19,16 +19,8 @@ log = logging.getLogger(__name__)
 
 
 def redact_uri(uri: str) -> str:
-    """Drop credentials from a URI (`http://user:token@host` -> `http://***@host`) before it is shown."""
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return uri
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return re.sub(r"(token|password|secret)=[^&]+", r"\1=***", uri, flags=re.IGNORECASE)
+    """Drop credentials from a URI (`http://user:token@host` -> `http://***@host`, `?token=...`) before it is shown."""
+    return re.sub(r"(token|password|secret)=[^&]+", r"\1=***", redact_text(uri), flags=re.IGNORECASE)
 
 
 def configure_tracking(tracking_uri: str = "", experiment: str = "", check_server: bool = True) -> str:

@@ -12,12 +12,12 @@ import argparse
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.config import DEFAULT_SOURCE
 from core.errors import UserError, exit_on_user_error
+from core.files import write_text_atomic
 from evaluation import table
 from evaluation.clips import read_manifest, split_reference
 from evaluation.fad import CKPT_DIR_ENV, FAD_MODELS
@@ -28,7 +28,7 @@ REAL_ROW = "real data (held-out)"
 
 
 def score_generated(
-    generated_dir: str | Path,
+    generated_dir: str | Path | None,
     reference: str,
     metrics: list[str],
     *,
@@ -43,40 +43,27 @@ def score_generated(
     `sample_rate` is the offline scorer's rate; FAD and CLAP resample to their own models' rates.
     `options` are `EvalOptions` fields (fad_model, ckpt_dir, clap_checkpoint, optional_metrics, ...), and:
     `real_row=True` adds the real held-out clips' metrics as `real_<name>`; `run_id=ID` logs the result to
-    that MLflow run (no artifacts).
+    that MLflow run (no artifacts). `generated_dir=None` scores only the real held-out clips (`score_real`).
     """
     real_row, run_id = bool(options.pop("real_row", False)), str(options.pop("run_id", "") or "")
     evaluator = _evaluator(reference, metrics, reference_folds, sample_rate, cache_dir, show_progress, options)
-    result = dict(evaluator.score(read_manifest(generated_dir)).metrics)
-    if real_row:
-        real = evaluator.score(evaluator.split.held_out, desc="real").metrics
+    real = evaluator.score(evaluator.split.held_out, desc="real").metrics if generated_dir is None or real_row else {}
+    if generated_dir is None:
+        result = dict(real)
+    else:
+        result = dict(evaluator.score(read_manifest(generated_dir)).metrics)
         result.update({f"real_{name}": value for name, value in real.items()})
     if run_id:
         log_evaluation(run_id, result, None, tags=evaluator.describe())
     return result
 
 
-def score_real(
-    reference: str,
-    metrics: list[str],
-    *,
-    reference_folds: list[int] | tuple = (),
-    sample_rate: int = 22050,
-    cache_dir: str | Path = ".cache/evaluation",
-    show_progress: bool = True,
-    **options,
-) -> dict[str, float]:
+def score_real(reference: str, metrics: list[str], **options) -> dict[str, float]:
     """The same metrics for the real held-out clips of `reference`: the ceiling for generated clips.
 
-    Takes the options `score_generated` takes (`real_row` is ignored; `run_id` logs the result there).
+    Takes `score_generated`'s keyword options (`real_row` is ignored; `run_id` logs the result there).
     """
-    options.pop("real_row", None)
-    run_id = str(options.pop("run_id", "") or "")
-    evaluator = _evaluator(reference, metrics, reference_folds, sample_rate, cache_dir, show_progress, options)
-    result = evaluator.score(evaluator.split.held_out, desc="real").metrics
-    if run_id:
-        log_evaluation(run_id, result, None, tags=evaluator.describe())
-    return result
+    return score_generated(None, reference, metrics, **options)
 
 
 def _evaluator(reference, metrics, folds, sample_rate, cache_dir, show_progress, options) -> Evaluator:
@@ -195,18 +182,10 @@ def write_outputs(out: Path, rows: dict, generated: ScoredSet, flat: dict[str, f
     for group, scores in generated.class_scores.items():
         title = f"{'CLAP zero-shot' if group == 'clap' else 'offline ESC scorer'}: generated clips"
         table.write_confusion(scores, generated.targets, out / f"confusion_{group}.png", title)
-    _write_json(out / "metrics.json", flat)
+    write_text_atomic(out / "metrics.json", json.dumps(flat, indent=2, sort_keys=True))
     if json_path:
-        _write_json(Path(json_path), flat)
+        write_text_atomic(json_path, json.dumps(flat, indent=2, sort_keys=True))
     return table.markdown(rows)
-
-
-def _write_json(path: Path, values: dict[str, float]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(values, stream, indent=2, sort_keys=True)
-    os.replace(temporary, path)
 
 
 def _target_run(request: EvaluationRequest, model_dir: Path | None) -> str:
@@ -219,8 +198,7 @@ def _target_run(request: EvaluationRequest, model_dir: Path | None) -> str:
     from core.pipeline import MODEL_MANIFEST
     from core.tracking import configure_tracking
 
-    configure_tracking(request.tracking_uri)
-    client = mlflow.tracking.MlflowClient()
+    client = mlflow.tracking.MlflowClient()  # `evaluate` has pointed MLflow at the tracking URI
     linked = request.run_id
     if not linked and model_dir is not None:
         linked = json.loads((model_dir / MODEL_MANIFEST).read_text()).get("mlflow_run_id", "")

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.errors import UserError, exit_on_user_error
+from core.files import write_text_atomic
 from core.tracking import configure_tracking
 
 # What evaluation logs: FAD and CLAP accuracy (need model weights), and the offline scorer (`esc`).
@@ -106,7 +107,9 @@ def summarize(runs: pd.DataFrame, axes: list[str], ceiling_runs: pd.DataFrame | 
             row[f"{metric}_published"] = value
         rows.append(row)
     table = pd.DataFrame(rows)
-    ceiling = _ceiling_row(pd.concat([runs, ceiling_runs]) if ceiling_runs is not None else runs, metrics)
+    # The ceiling's runs may overlap `runs` (a whole-experiment report): each run counts once.
+    pool = runs if ceiling_runs is None else pd.concat([runs, ceiling_runs]).drop_duplicates("run_id")
+    ceiling = _ceiling_row(pool, metrics)
     if ceiling:
         table = pd.concat([table, pd.DataFrame([ceiling])], ignore_index=True)
     return table
@@ -200,16 +203,10 @@ def write_report(experiment: str, out_dir: str | os.PathLike, parent_run_id: str
     out.mkdir(parents=True, exist_ok=True)
     files = ReportFiles(out / "report.md", out / "report.csv", out / "report.png", table)
     title = f"# Results: {experiment}" + (f" (sweep run {parent_run_id})" if parent_run_id else "") + "\n\n"
-    _write_atomically(files.markdown, title + to_markdown(table))
-    _write_atomically(files.csv, table.to_csv(index=False))
+    write_text_atomic(files.markdown, title + to_markdown(table))
+    write_text_atomic(files.csv, table.to_csv(index=False))
     plot(table, files.figure)
     return files
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

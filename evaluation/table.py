@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from core.esc50 import ESC50_CATEGORIES
+from core.files import write_text_atomic
 from core.plots import save_figure
 from evaluation.metrics import confusion_matrix
 
@@ -75,7 +76,7 @@ def write_tables(rows: dict[str, dict[str, float]], out_dir: str | os.PathLike) 
     out.mkdir(parents=True, exist_ok=True)
     csv = pd.DataFrame.from_dict(rows, orient="index")
     csv.index.name = "clips"
-    return [_write_text(out / "table.md", markdown(rows)), _write_text(out / "table.csv", csv.to_csv())]
+    return [write_text_atomic(out / "table.md", markdown(rows)), write_text_atomic(out / "table.csv", csv.to_csv())]
 
 
 def write_per_class(per_class: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
@@ -86,7 +87,7 @@ def write_per_class(per_class: pd.DataFrame, out_dir: str | os.PathLike) -> list
     import matplotlib.pyplot as plt
 
     out = Path(out_dir)
-    csv_path = _write_text(out / "per_class.csv", per_class.to_csv(index=False))
+    csv_path = write_text_atomic(out / "per_class.csv", per_class.to_csv(index=False))
     accuracy_columns = [c for c in per_class.columns if c.endswith("_top1")]
     figure, axis = plt.subplots(figsize=(8, max(3.0, 0.2 * len(per_class))))
     height = 0.8 / max(1, len(accuracy_columns))
@@ -124,11 +125,3 @@ def write_confusion(scores: np.ndarray, targets: np.ndarray, path: str | os.Path
     figure.colorbar(image, ax=axis, fraction=0.04)
     save_figure(figure, path)
     return Path(path)
-
-
-def _write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-    return path

@@ -110,3 +110,22 @@ def test_unknown_experiment_exits_2(store, capsys):
         report.main(["--experiment", "no-such-experiment", "--tracking-uri", uri])
     assert exit_info.value.code == 2
     assert "no-such-experiment" in capsys.readouterr().err
+
+
+def test_whole_experiment_ceiling_counts_each_run_once(store, tmp_path: Path):
+    """Runs that log both their own metrics and real_* (the demo's real row): each counted once in the ceiling."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    experiment = client.create_experiment("report-ceiling", artifact_location=str(tmp_path / "artifacts-2"))
+    for seed, real in enumerate((1.0, 3.0)):
+        run_id = client.create_run(experiment).info.run_id
+        client.log_param(run_id, "seed", seed)
+        client.log_metric(run_id, "fd_esc", 10.0 + seed)
+        client.log_metric(run_id, "real_fd_esc", real)
+    table = report.write_report("report-ceiling", tmp_path / "out").table.set_index("configuration")
+    ceiling = table.loc["real data (ceiling)"]
+    assert ceiling["n"] == 2
+    assert ceiling["fd_esc_mean"] == pytest.approx(2.0) and ceiling["fd_esc_std"] == pytest.approx(
+        statistics.stdev([1, 3])
+    )

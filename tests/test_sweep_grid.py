@@ -73,8 +73,9 @@ def test_a_failed_trial_is_retried_without_a_duplicate_run(
 ):
     markers = tmp_path / "failed-once"
     monkeypatch.setenv(FAIL_ONCE_ENV, str(markers))
+    with_token = mlflow_server.replace("http://", "http://researcher:s3cret-token@")  # the server ignores it
     spec = tiny_sweep(
-        tmp_path, "retry", mlflow_server, esc50_mini, spectrogram_cache_dir,
+        tmp_path, "retry", with_token, esc50_mini, spectrogram_cache_dir,
         "sweep.grid.model.attention=[false]", "sweep.grid.data.normalize=[true]",
     )  # fmt: skip
     outcome = run_sweep(spec)
@@ -82,6 +83,11 @@ def test_a_failed_trial_is_retried_without_a_duplicate_run(
     assert (outcome.finished, outcome.errored) == (2, [])
     keys = [run.data.tags[KEY_TAG] for run in child_runs(spec, outcome.parent_run_id)]
     assert len(keys) == 2 and len(set(keys)) == 2  # the retry continued the run it had, no third run
+    import mlflow
+
+    parent = mlflow.tracking.MlflowClient(mlflow_server).get_run(outcome.parent_run_id)
+    assert parent.data.params["base.tracking.tracking_uri"].startswith("http://***@127.0.0.1")
+    assert "s3cret" not in json.dumps(parent.data.params) + (outcome.sweep_dir / "sweep.yaml").read_text()
 
 
 def test_a_gpu_request_on_a_cpu_only_cluster_exits_2(

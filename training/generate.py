@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from core.audio import MelTransform, write_wav_atomic
 from core.errors import UserError, exit_on_user_error
 from core.esc50 import ESC50_CATEGORIES
+from core.files import write_text_atomic
 from core.pipeline import DiffusionModel, resolve_model_folder, sample_spectrograms
 
 MANIFEST_COLUMNS = ("file", "target", "category")
@@ -81,14 +82,11 @@ def generate(request: GenerationRequest, show_progress: bool = True) -> Path:
 
 
 def write_manifest(out: Path, rows: list[dict]) -> Path:
-    manifest = out / "manifest.csv"
-    temporary = out / ".manifest.csv.tmp"
-    with open(temporary, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(MANIFEST_COLUMNS))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(temporary, manifest)
-    return manifest
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(MANIFEST_COLUMNS))
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text_atomic(out / "manifest.csv", text.getvalue())
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

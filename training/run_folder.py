@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import IO
 
 from core.errors import UserError
+from core.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".running.lock"
@@ -27,12 +28,12 @@ def claim_output_dir(output_dir: Path, config_yaml: str, resuming: bool) -> None
             "pass --resume latest to continue it, or choose another output_dir"
         )
     try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        temporary = output_dir / f".config.yaml.{os.getpid()}.tmp"
-        temporary.write_text(config_yaml)
         if resuming:
-            os.replace(temporary, config_file)
+            write_text_atomic(config_file, config_yaml)
         else:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            temporary = output_dir / f".config.yaml.{os.getpid()}.tmp"
+            temporary.write_text(config_yaml)
             _claim_exclusively(temporary, config_file, output_dir)
     except OSError as error:
         raise UserError(f"cannot write to output_dir {output_dir}: {error.strerror or error}") from None

@@ -10,6 +10,7 @@ log, sample, checkpoint), then the EMA model saved for generation.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -18,6 +19,7 @@ import math
 import os
 import shlex
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,7 @@ from tqdm.auto import tqdm
 
 from core.config import Config, config_hash, flatten, load_config, to_yaml
 from core.errors import UserError, exit_on_user_error
+from core.files import write_text_atomic
 from core.model import build_unet
 from core.pipeline import DiffusionModel
 from core.spectrograms import build_spectrogram_cache, mel_settings, select_folds, spectrogram_stream, to_model_range
@@ -41,8 +44,6 @@ from core.tracking import RunLogger, configure_tracking, git_commit, redact_uri
 from training.checkpoints import complete_checkpoints, load_latest_checkpoint, save_checkpoint
 from training.run_folder import claim_output_dir, lock_output_dir, unlock_output_dir
 from training.samples import write_class_samples
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -248,14 +249,12 @@ def train_in_folder(
     model_dir = output_dir / "model"
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model)
-        ema.store(final.parameters())
-        ema.copy_to(final.parameters())
-        diffusion = as_diffusion_model(final, noise_scheduler, mel, config, run.run_id if run else "")
-        diffusion.save(model_dir)
-        if step == config.train.max_steps:
-            samples = output_dir / "samples" / "final"
-            write_class_samples(diffusion, list(config.train.sample_classes), samples, config.sample, config.seed)
-        ema.restore(final.parameters())
+        with ema_weights(ema, final):
+            diffusion = as_diffusion_model(final, noise_scheduler, mel, config, run.run_id if run else "")
+            diffusion.save(model_dir)
+            if step == config.train.max_steps:
+                samples = output_dir / "samples" / "final"
+                write_class_samples(diffusion, list(config.train.sample_classes), samples, config.sample, config.seed)
     if step < config.train.max_steps:  # stopped early on request: checkpoint, then hand back
         return stop_early(accelerator, output_dir, step, config, run, losses)
     if accelerator.is_main_process:
@@ -287,18 +286,27 @@ def as_diffusion_model(unet, noise_scheduler: DDPMScheduler, mel, config: Config
     )  # fmt: skip
 
 
+@contextlib.contextmanager
+def ema_weights(ema: EMAModel, unet: torch.nn.Module) -> Iterator[None]:
+    """The EMA weights in `unet` for the block (to sample or save the model), the training weights after."""
+    ema.store(unet.parameters())
+    ema.copy_to(unet.parameters())
+    try:
+        yield
+    finally:
+        ema.restore(unet.parameters())
+
+
 def log_samples(accelerator, model, ema, noise_scheduler, mel, config: Config, run, step: int) -> None:
     """Listenable progress: EMA weights swapped in, a few classes sampled, swapped back."""
     if accelerator.is_main_process:
         unet = accelerator.unwrap_model(model)
-        ema.store(unet.parameters())
-        ema.copy_to(unet.parameters())
-        unet.eval()
         folder = Path(config.output_dir) / "samples" / f"step_{step:06d}"
-        diffusion = as_diffusion_model(unet, noise_scheduler, mel, config, "")
-        write_class_samples(diffusion, list(config.train.sample_classes), folder, config.sample, config.seed)
-        unet.train()
-        ema.restore(unet.parameters())
+        with ema_weights(ema, unet):
+            unet.eval()
+            diffusion = as_diffusion_model(unet, noise_scheduler, mel, config, "")
+            write_class_samples(diffusion, list(config.train.sample_classes), folder, config.sample, config.seed)
+            unet.train()
         if run:
             run.log_artifacts(folder, f"samples/step_{step:06d}")
     accelerator.wait_for_everyone()
@@ -312,8 +320,7 @@ def start_run(
         return None
     import mlflow
 
-    configure_tracking(config.tracking.tracking_uri, config.tracking.experiment)
-    client = mlflow.tracking.MlflowClient()
+    client = mlflow.tracking.MlflowClient()  # `train` has pointed MLflow at the store and experiment
     record = output_dir / "run.json"
     if record.is_file():  # a resumed job continues its own run
         run_id = json.loads(record.read_text())["mlflow_run_id"]
@@ -332,9 +339,7 @@ def start_run(
     params = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in flatten(without_secrets(config)).items()]
     client.log_batch(run_id, params=params, tags=[mlflow.entities.RunTag(k, v) for k, v in tags.items()])
     client.log_artifact(run_id, str(output_dir / "config.yaml"))
-    record_tmp = record.with_name(".run.json.tmp")
-    record_tmp.write_text(json.dumps({"mlflow_run_id": run_id}))
-    os.replace(record_tmp, record)
+    write_text_atomic(record, json.dumps({"mlflow_run_id": run_id}))
     return RunLogger(run_id)
 
 

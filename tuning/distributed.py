@@ -16,6 +16,7 @@ from typing import Any
 
 from core.config import Config
 from core.errors import UserError
+from core.files import write_text_atomic
 
 RESULT_FILE = "distributed_result.json"
 
@@ -36,9 +37,7 @@ def _worker_loop(arguments: dict[str, Any]) -> None:
     model_dir = Path(config.output_dir) / "model"
     metrics = generate_and_score(context, config, model_dir, run_id, stage)
     result = Path(config.output_dir) / RESULT_FILE
-    temporary = result.with_name(f".{RESULT_FILE}.tmp")
-    temporary.write_text(json.dumps({"metrics": metrics, "run_id": run_id, "stage": arguments["stage"]}))
-    os.replace(temporary, result)
+    write_text_atomic(result, json.dumps({"metrics": metrics, "run_id": run_id, "stage": arguments["stage"]}))
 
 
 def train_and_score_distributed(

@@ -20,11 +20,11 @@ from omegaconf import OmegaConf
 
 from core.errors import UserError, exit_on_user_error
 from core.esc50 import is_local_source
-from core.tracking import configure_tracking
+from core.files import write_text_atomic
+from core.tracking import configure_tracking, redact_uri
 from tuning.spec import SAMPLE_INDEX, SweepSpec, load_sweep, trial_key
 from tuning.trial import FAIL_ONCE_ENV, TrialContext, run_trial
 
-log = logging.getLogger(__name__)
 RECORD = "sweep.json"  # <sweep_dir>/sweep.json: the parent run id, kept for --resume
 
 
@@ -210,21 +210,22 @@ def open_parent_run(spec: SweepSpec, sweep_dir: Path, launcher_run_id: str) -> s
         "sweep.name": spec.settings.name, "sweep.axes": json.dumps(spec.axes), "sweep.dir": str(sweep_dir),
         "sweep.trials": str(spec.trial_count()), "sweep.source": spec.source,
     }  # fmt: skip
-    flat = {f"sweep.{k}": v for k, v in _flatten(OmegaConf.to_container(OmegaConf.structured(spec.settings))).items()}
-    flat.update({f"base.{k}": v for k, v in _flatten(spec.base).items()})
+    settings = OmegaConf.to_container(OmegaConf.structured(spec.settings))
+    # What is recorded (params, sweep.yaml) carries no credentials of the tracking URI.
+    base = {
+        **spec.base,
+        "tracking": {**spec.base["tracking"], "tracking_uri": redact_uri(spec.base["tracking"]["tracking_uri"])},
+    }
+    flat = {f"sweep.{k}": v for k, v in _flatten(settings).items()}
+    flat.update({f"base.{k}": v for k, v in _flatten(base).items()})
     params = [Param(k, str(v)[:6000]) for k, v in flat.items()]
     for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
         client.log_batch(parent, params=params[start : start + 100])
     client.log_batch(parent, tags=[RunTag(k, v) for k, v in tags.items()])
-    resolved = sweep_dir / "sweep.yaml"
-    temporary = sweep_dir / ".sweep.yaml.tmp"
-    document = {"base": spec.base, "sweep": OmegaConf.to_container(OmegaConf.structured(spec.settings))}
-    temporary.write_text(OmegaConf.to_yaml(OmegaConf.create(document)))
-    os.replace(temporary, resolved)
+    document = {"base": base, "sweep": settings}
+    resolved = write_text_atomic(sweep_dir / "sweep.yaml", OmegaConf.to_yaml(OmegaConf.create(document)))
     client.log_artifact(parent, str(resolved))
-    temporary = sweep_dir / f".{RECORD}.tmp"
-    temporary.write_text(json.dumps({"parent_run_id": parent, "name": spec.settings.name}))
-    os.replace(temporary, record)
+    write_text_atomic(record, json.dumps({"parent_run_id": parent, "name": spec.settings.name}))
     return parent
 
 
@@ -331,9 +332,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     overrides = list(args.overrides)
-    for flag, key in (("cpus_per_trial", "cpus_per_trial"), ("gpus_per_trial", "gpus_per_trial")):
-        if getattr(args, flag) is not None:
-            overrides.append(f"sweep.{key}={getattr(args, flag)}")
+    for key in ("cpus_per_trial", "gpus_per_trial"):
+        if getattr(args, key) is not None:
+            overrides.append(f"sweep.{key}={getattr(args, key)}")
     if args.storage_path:
         overrides.append(f"sweep.storage_path={args.storage_path}")
     spec = load_sweep(args.config, overrides)

@@ -8,7 +8,6 @@ node continues the same training folder and the same MLflow run instead of start
 from __future__ import annotations
 
 import json
-import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -16,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from core.config import Config
+from core.files import write_text_atomic
 from tuning.spec import SAMPLE_INDEX, SweepSpec, trial_key
 
-log = logging.getLogger(__name__)
 KEY_TAG = "sweep.trial_key"  # the MLflow tag that finds a trial's child run again
 STATE_FILE = "trial_state.json"  # inside the Tune checkpoint: stages done and where the trial's files are
 FAIL_ONCE_ENV = "TUNING_FAIL_ONCE_DIR"  # tests: each trial fails once, after training, leaving a marker here
@@ -57,13 +56,13 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
     if done == spec.stages:  # finished, but the sweep stopped before Tune recorded it: report again, no rerun
         tune.report(last_metrics)
         return
+    config = trial_config(context, params, output_dir)
+    adopt_child_run(output_dir, config.tracking.experiment, context.parent_run_id, key)
+    tags = {**{axis: str(params[axis]) for axis in spec.axes}, "seed": str(params["seed"]), KEY_TAG: key}
+    if SAMPLE_INDEX in params:
+        tags[f"sweep.{SAMPLE_INDEX}"] = str(params[SAMPLE_INDEX])
+    tags.update({"sweep.name": spec.settings.name, "sweep.axes": json.dumps(spec.axes)})
     for stage in range(done, spec.stages):
-        config = trial_config(context, params, output_dir)
-        run_id = adopt_child_run(output_dir, config.tracking.experiment, context.parent_run_id, key)
-        tags = {**{axis: str(params[axis]) for axis in spec.axes}, "seed": str(params["seed"]), KEY_TAG: key}
-        if SAMPLE_INDEX in params:
-            tags[f"sweep.{SAMPLE_INDEX}"] = str(params[SAMPLE_INDEX])
-        tags.update({"sweep.name": spec.settings.name, "sweep.axes": json.dumps(spec.axes)})
         resume = "latest" if (output_dir / "config.yaml").is_file() else None
         if spec.workers > 1:
             from tuning.distributed import train_and_score_distributed
@@ -74,9 +73,7 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
         _tag_node(run_id)
         metrics = {**metrics, "stage": stage + 1, "train_steps": stage_end_step(config, spec.stages, stage)}
         state = {"stages_done": stage + 1, "metrics": metrics, "output_dir": str(output_dir), "key": key}
-        temporary = output_dir / f".{STATE_FILE}.tmp"
-        temporary.write_text(json.dumps(state))
-        os.replace(temporary, output_dir / STATE_FILE)
+        write_text_atomic(output_dir / STATE_FILE, json.dumps(state))
         with tempfile.TemporaryDirectory() as folder:
             (Path(folder) / STATE_FILE).write_text(json.dumps(state))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
@@ -110,15 +107,12 @@ def _stages_done(checkpoint) -> tuple[int, dict]:
     if checkpoint is None:
         return 0, {}
     with checkpoint.as_directory() as folder:
-        state_file = Path(folder) / STATE_FILE
-        if not state_file.is_file():
-            return 0, {}
-        state = json.loads(state_file.read_text())
-        return state["stages_done"], state.get("metrics", {})
+        return _recorded_stages(Path(folder))
 
 
-def _recorded_stages(output_dir: Path) -> tuple[int, dict]:
-    record = output_dir / STATE_FILE
+def _recorded_stages(folder: Path) -> tuple[int, dict]:
+    """Stages finished according to the state file in `folder` (a trial folder or a Tune checkpoint)."""
+    record = folder / STATE_FILE
     if not record.is_file():
         return 0, {}
     state = json.loads(record.read_text())
@@ -147,10 +141,7 @@ def adopt_child_run(output_dir: Path, experiment: str, parent_run_id: str, key: 
     )
     if not runs:
         return ""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    temporary = output_dir / ".run.json.tmp"
-    temporary.write_text(json.dumps({"mlflow_run_id": runs[0].info.run_id}))
-    os.replace(temporary, record)
+    write_text_atomic(record, json.dumps({"mlflow_run_id": runs[0].info.run_id}))
     return runs[0].info.run_id
 
 
@@ -198,10 +189,7 @@ def generate_and_score(context: TrialContext, config: Config, model_dir: Path, r
         cache_dir=evaluate.cache_dir, show_progress=False, **dict(evaluate.options),
     )  # fmt: skip
     evaluation_dir = output_dir / ("evaluation" if context.spec.stages == 1 else f"evaluation_stage{stage + 1}")
-    evaluation_dir.mkdir(parents=True, exist_ok=True)
-    temporary = evaluation_dir / ".metrics.json.tmp"
-    temporary.write_text(json.dumps(metrics, indent=2))
-    os.replace(temporary, evaluation_dir / "metrics.json")
+    write_text_atomic(evaluation_dir / "metrics.json", json.dumps(metrics, indent=2))
     if run_id:
         log_evaluation(run_id, metrics, evaluation_dir)
     return {name: float(value) for name, value in metrics.items()}

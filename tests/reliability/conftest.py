@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import requests
 
@@ -145,3 +147,14 @@ def mlflow_server(tmp_path: Path) -> Iterator[MlflowServer]:
         yield server
     finally:
         server.stop()
+
+
+def copy_esc50(esc50_mini: Path, source: Path, clips: int) -> pd.DataFrame:
+    """A small writable ESC-50 folder at `source`: the first `clips` real clips and their CSV rows."""
+    (source / "audio").mkdir(parents=True)
+    (source / "meta").mkdir()
+    table = pd.read_csv(esc50_mini / "meta" / "esc50.csv").head(clips)
+    for name in table["filename"]:
+        shutil.copy(esc50_mini / "audio" / name, source / "audio" / name)
+    table.to_csv(source / "meta" / "esc50.csv", index=False)
+    return table

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from core.audio import BadAudioError, MelSettings, MelTransform, decode_audio
 from core.config import DataConfig
 from core.errors import UserError
 from core.spectrograms import build_spectrogram_cache
+from tests.reliability.conftest import copy_esc50
 
 RATE, SECONDS = 22050, 5.0
 LENGTH = int(RATE * SECONDS)
@@ -87,11 +87,7 @@ def test_bad_file_is_rejected_naming_it(name, real_flac, tmp_path):
 def test_one_scan_reports_every_bad_file_and_warns_about_unlisted_ones(esc50_mini, real_flac, tmp_path, caplog):
     """A dataset with good clips, five bad ones and an unlisted one: one error naming all five, before training."""
     source = tmp_path / "esc50"
-    (source / "audio").mkdir(parents=True)
-    (source / "meta").mkdir()
-    table = pd.read_csv(esc50_mini / "meta" / "esc50.csv").head(4)
-    for name in table["filename"]:
-        shutil.copy(esc50_mini / "audio" / name, source / "audio" / name)
+    table = copy_esc50(esc50_mini, source, clips=4)
     bad = ["empty.wav", "not_audio.flac", "truncated.flac", "nan.wav", "silence.wav"]
     rows = []
     for name in bad:

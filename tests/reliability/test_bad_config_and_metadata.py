@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import string
 
 import pandas as pd
@@ -14,7 +13,7 @@ from core.config import Config, flatten, load_config
 from core.errors import UserError
 from core.esc50 import read_clips, unlisted_audio_files
 from tests.conftest import TINY_CONFIG
-from tests.reliability.conftest import error_lines
+from tests.reliability.conftest import copy_esc50, error_lines
 
 BAD_CONFIGS = [
     ("train.max_stepz=10", "train.max_stepz"),  # unknown key (a typo)
@@ -107,13 +106,7 @@ def test_any_sweep_overrides_give_a_sweep_or_a_user_error(overrides):
 def esc50_copy(esc50_mini, tmp_path):
     """A small writable ESC-50 folder: 6 real clips and their CSV rows."""
     source = tmp_path / "esc50"
-    (source / "audio").mkdir(parents=True)
-    (source / "meta").mkdir()
-    table = pd.read_csv(esc50_mini / "meta" / "esc50.csv").head(6)
-    for name in table["filename"]:
-        shutil.copy(esc50_mini / "audio" / name, source / "audio" / name)
-    table.to_csv(source / "meta" / "esc50.csv", index=False)
-    return source, table
+    return source, copy_esc50(esc50_mini, source, clips=6)
 
 
 def _write(source, table):
