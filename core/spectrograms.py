@@ -2,24 +2,27 @@
 
 The cache is a Hugging Face `datasets` table on disk under a key derived from the mel settings and
 the source's identity (file names, sizes and modification times), so changing either recomputes
-and nothing stale is ever read. Training streams it as an `IterableDataset`.
+and nothing stale is ever read. Training streams it in shuffled batches (`SpectrogramBatches`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
 import numpy as np
 import pandas as pd
 import torch
-from threadpoolctl import threadpool_limits
+import torch.utils.data
 
 from core.audio import BadAudioError, MelSettings, MelTransform, decode_audio
 from core.config import DataConfig
@@ -67,16 +70,36 @@ def cache_key(clips: pd.DataFrame, source: str, settings: MelSettings) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def _single_threaded() -> Iterator[None]:
+    """One torch thread: the per-clip transforms are small, and the thread pools of the
+    preprocessing workers fighting over the same cores made them up to 20x slower (BENCHMARKS.md).
+
+    It also keeps torch out of OpenMP in the forked workers: a parallel region there, after the
+    parent had used OpenMP, deadlocks (GNU libgomp is not fork-safe). So no torch op may run in a
+    worker outside this block.
+    """
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(torch_threads)
+
+
+@functools.lru_cache(maxsize=4)
+def _transform(settings_json: str) -> MelTransform:
+    return MelTransform(MelSettings.from_json(settings_json))  # the filter bank once per worker, not per batch
+
+
 def _compute_batch(batch: dict, settings_json: str) -> dict:
     """`datasets.map` worker: decode and transform a batch of clips; failures become error strings."""
     settings = MelSettings.from_json(settings_json)
-    transform = MelTransform(settings)
     spectrograms, errors = [], []
     empty = np.zeros((settings.resolution, settings.resolution), np.float32)
     sources = batch["path"] if "path" in batch else batch["audio_bytes"]
-    # One BLAS thread per worker: the mel projection is a tiny matmul, and the workers' BLAS thread
-    # pools fighting over the same cores made it 20x slower than the rest of the clip (bench/ profile).
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _single_threaded():
+        transform = _transform(settings_json)
         for name, source in zip(batch["filename"], sources):
             try:
                 samples = decode_audio(source, settings.sample_rate, settings.clip_seconds, name=name)
@@ -85,7 +108,7 @@ def _compute_batch(batch: dict, settings_json: str) -> dict:
             except BadAudioError as error:  # collected so one scan reports every bad file at once
                 spectrograms.append(empty)
                 errors.append(str(error))
-    return {"spectrogram": spectrograms, "error": errors}
+    return {"spectrogram": np.stack(spectrograms), "error": errors}  # one array: a cheaper Arrow write
 
 
 def build_spectrogram_cache(data: DataConfig, show_progress: bool = True) -> datasets.Dataset:
@@ -157,18 +180,34 @@ def select_folds(table: datasets.Dataset, folds: list[int] | tuple[int, ...]) ->
     return selected
 
 
-def spectrogram_stream(
-    table: datasets.Dataset, shuffle_buffer: int, seed: int, rank: int = 0, world_size: int = 1
-) -> datasets.IterableDataset:
-    """A shuffled stream of {spectrogram (R, R) in [0, 1], target}, this process's share only.
+class SpectrogramBatches(torch.utils.data.IterableDataset):
+    """Shuffled batches of {spectrogram (B, R, R) in [0, 1], target (B,)}: this process's share only.
 
     Shuffled before it is split so that, with the same seed on every process, the shares are
-    disjoint and change from epoch to epoch (`set_epoch` re-seeds the shuffle).
+    disjoint and change from epoch to epoch (`set_epoch` re-seeds the shuffle). Whole batches are
+    cut from Arrow and converted at once, about 5x faster than converting rows one at a time and
+    collating them (2,000 cached clips: 0.08 s against 0.38 s, BENCHMARKS.md), which matters once a
+    GPU step takes milliseconds. A DataLoader takes it with `batch_size=None`.
     """
-    from datasets.distributed import split_dataset_by_node
 
-    stream = table.select_columns(["spectrogram", "target"]).to_iterable_dataset()
-    stream = stream.shuffle(seed=seed, buffer_size=shuffle_buffer)
-    if world_size > 1:
-        stream = split_dataset_by_node(stream, rank=rank, world_size=world_size)
-    return stream.with_format("torch")
+    def __init__(
+        self, table: datasets.Dataset, batch_size: int, shuffle_buffer: int, seed: int, rank: int = 0,
+        world_size: int = 1,
+    ) -> None:  # fmt: skip
+        from datasets.distributed import split_dataset_by_node
+
+        stream = table.select_columns(["spectrogram", "target"]).to_iterable_dataset()
+        stream = stream.shuffle(seed=seed, buffer_size=shuffle_buffer)
+        if world_size > 1:
+            stream = split_dataset_by_node(stream, rank=rank, world_size=world_size)
+        self.stream = stream.with_format("torch")
+        self.batch_size = batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.stream.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None and worker.id > 0:
+            return  # the table is one shard: one loader worker reads it, as datasets itself would
+        yield from self.stream.iter(batch_size=self.batch_size, drop_last_batch=True)

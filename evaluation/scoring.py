@@ -20,7 +20,7 @@ from core.errors import UserError
 from core.esc50 import ESC50_CATEGORIES, NUM_CLASSES
 from evaluation.clap import DEFAULT_TEMPLATE, ZeroShotClassifier, load_clap_model
 from evaluation.clips import CLIP_SECONDS, ReferenceSplit
-from evaluation.metrics import frechet_distance, gaussian_statistics, ranking_metrics, target_ranks
+from evaluation.metrics import embedding_frechet_distance, ranking_metrics, target_ranks
 from evaluation.scorer import ScorerSettings, load_or_train_scorer
 
 log = logging.getLogger(__name__)
@@ -170,9 +170,7 @@ class Evaluator:
 
             embeddings, owners = self.fad_model.embed(clips, o.clip_seconds, self.show_progress, desc=desc)
             metric = self.fad_model.metric
-            statistics = self.fad_model.statistics(embeddings)
-            reference = (self.fad_reference.mu, self.fad_reference.sigma)
-            result.metrics[metric] = self.fad_model.distance(reference, statistics)
+            result.metrics[metric] = self.fad_model.distance(self.fad_reference.embeddings, embeddings)
             result.per_class_distance[metric] = per_class_distances(
                 self.fad_model, self.fad_reference, embeddings, owners, targets, o.min_class_clips
             )
@@ -191,9 +189,7 @@ class Evaluator:
     def _fd_esc(self, embeddings: np.ndarray) -> float:
         if len(embeddings) < 2:
             raise UserError("fd_esc needs at least 2 clips")
-        return frechet_distance(
-            *gaussian_statistics(self.scorer.reference_embeddings), *gaussian_statistics(embeddings)
-        )
+        return embedding_frechet_distance(self.scorer.reference_embeddings, embeddings)
 
     def _fd_esc_per_class(self, embeddings: np.ndarray, targets: np.ndarray) -> dict[int, float]:
         reference, reference_targets = self.scorer.reference_embeddings, self.scorer.reference_targets
@@ -201,7 +197,7 @@ class Evaluator:
         for target in range(NUM_CLASSES):
             ours, theirs = embeddings[targets == target], reference[reference_targets == target]
             if min(len(ours), len(theirs)) >= max(self.options.min_class_clips, 2):
-                values[target] = frechet_distance(*gaussian_statistics(theirs), *gaussian_statistics(ours))
+                values[target] = embedding_frechet_distance(theirs, ours)
         return values
 
     def describe(self) -> dict[str, str]:

@@ -36,6 +36,25 @@ def test_spectrogram_shape_range_and_end_of_clip_is_covered() -> None:
     assert spectrogram[:, :8].max() < 0.1
 
 
+@pytest.mark.parametrize("resolution", [32, 64])
+def test_spectrogram_equals_librosas_log_mel(esc50_mini, resolution: int) -> None:
+    """The torch STFT path computes what librosa's melspectrogram + power_to_db(ref=max) would."""
+    import librosa
+
+    settings = MelSettings(resolution=resolution)
+    clips = np.stack(_real_clips(esc50_mini, 3) + [_chirp()])
+    ours = MelTransform(settings).spectrogram(clips)
+    for clip, spectrogram in zip(clips, ours):
+        mel = librosa.feature.melspectrogram(
+            y=clip, sr=settings.sample_rate, n_fft=settings.window_length, hop_length=settings.hop_length,
+            n_mels=resolution, power=2.0,
+        )[:, :resolution]  # fmt: skip
+        db = librosa.power_to_db(mel, ref=np.max, top_db=settings.top_db)
+        reference = (db + settings.top_db) / settings.top_db
+        assert spectrogram.shape == reference.shape == (resolution, resolution)
+        np.testing.assert_allclose(spectrogram, reference, atol=1e-5)
+
+
 def _spectral_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).mean())
 

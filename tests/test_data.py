@@ -1,8 +1,13 @@
-"""ESC-50 -> cached log-mel spectrograms -> a shuffled stream split per process."""
+"""ESC-50 -> cached log-mel spectrograms -> shuffled batches split per process."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from collections import Counter
 
 import datasets
@@ -11,15 +16,16 @@ import pandas as pd
 import pytest
 import soundfile
 import torch
+from torch.utils.data import DataLoader
 
 from core.config import DataConfig
 from core.errors import UserError
 from core.esc50 import ESC50_CATEGORIES, read_clips
 from core.spectrograms import (
+    SpectrogramBatches,
     build_spectrogram_cache,
     from_model_range,
     select_folds,
-    spectrogram_stream,
     to_model_range,
 )
 
@@ -53,6 +59,32 @@ def test_cache_shapes_ranges_and_reuse(esc50_mini, spectrogram_cache_dir) -> Non
     assert len(select_folds(table, [4])) == len(read_clips(str(esc50_mini), folds=[4]))
 
 
+def test_workers_build_the_cache_after_the_parent_ran_parallel_torch(tmp_path, esc50_mini) -> None:
+    """Forked preprocessing workers run torch: after the parent had used OpenMP, an unguarded torch op
+    in a worker deadlocked (libgomp is not fork-safe). Run in a child so a hang fails, not stalls."""
+    script = f"""
+import torch
+from core.config import DataConfig
+from core.spectrograms import build_spectrogram_cache
+torch.set_num_threads(2)
+torch.ones(4_000_000).exp().sum()  # an OpenMP parallel region in the parent
+config = DataConfig(source={str(esc50_mini)!r}, resolution=16, cache_dir={str(tmp_path)!r}, preprocess_workers=2)
+print(len(build_spectrogram_cache(config, show_progress=False)))
+"""
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        stdout, stderr = child.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)  # the hung workers too
+        child.communicate()
+        pytest.fail("building the cache in 2 workers hung after torch had run in parallel in the parent")
+    assert child.returncode == 0, stderr[-2000:]
+    assert stdout.split()[-1] == "200"
+
+
 def test_cache_is_invalidated_when_a_file_changes(tmp_path, esc50_mini) -> None:
     source = tmp_path / "esc"
     (source / "meta").mkdir(parents=True)
@@ -81,28 +113,42 @@ def test_model_range_per_normalization_mode(normalize: bool) -> None:
     torch.testing.assert_close(from_model_range(images, normalize), spectrograms)
 
 
-def test_stream_splits_disjoint_halves_and_reshuffles_per_epoch(esc50_mini, spectrogram_cache_dir) -> None:
+def _fingerprints(batches) -> list[str]:
+    return [hashlib.sha1(image.numpy().tobytes()).hexdigest() for batch in batches for image in batch["spectrogram"]]
+
+
+def test_batches_split_disjoint_halves_and_reshuffle_per_epoch(esc50_mini, spectrogram_cache_dir) -> None:
     config = DataConfig(source=str(esc50_mini), resolution=32, cache_dir=str(spectrogram_cache_dir))
-    table = build_spectrogram_cache(config, show_progress=False).add_column("index", list(range(200)))
-    table = table.select_columns(["spectrogram", "target", "index"])
+    table = build_spectrogram_cache(config, show_progress=False)
+    in_table_order = _fingerprints([{"spectrogram": table.with_format("torch")["spectrogram"]}])
+    assert len(set(in_table_order)) == 200  # every clip is told apart by its spectrogram
 
-    def indices(rank: int, epoch: int) -> list[int]:
-        from datasets.distributed import split_dataset_by_node
+    def drawn(rank: int, epoch: int, batch_size: int = 10) -> list[str]:
+        batches = SpectrogramBatches(table, batch_size, shuffle_buffer=64, seed=1, rank=rank, world_size=2)
+        batches.set_epoch(epoch)
+        return _fingerprints(batches)
 
-        stream = table.to_iterable_dataset().shuffle(seed=1, buffer_size=64)
-        stream = split_dataset_by_node(stream, rank=rank, world_size=2)
-        stream.set_epoch(epoch)
-        return [row["index"] for row in stream]
-
-    rank0, rank1 = indices(0, 0), indices(1, 0)
+    rank0, rank1 = drawn(0, 0), drawn(1, 0)
     assert len(rank0) == len(rank1) == 100
-    assert set(rank0).isdisjoint(rank1) and set(rank0) | set(rank1) == set(range(200))
-    assert indices(0, 1) != rank0  # a new epoch, a new order
-    assert indices(0, 0) == rank0  # repeatable
+    assert set(rank0).isdisjoint(rank1) and set(rank0) | set(rank1) == set(in_table_order)
+    assert rank0 != in_table_order[0::2]  # shuffled, not the table's order
+    assert drawn(0, 1) != rank0  # a new epoch, a new order
+    assert drawn(0, 0) == rank0  # repeatable
+    assert len(drawn(0, 0, batch_size=16)) == 96  # a last, short batch is dropped
 
-    stream = spectrogram_stream(table.select_columns(["spectrogram", "target"]), 64, seed=1, rank=1, world_size=2)
-    row = next(iter(stream))
-    assert row["spectrogram"].shape == (32, 32) and row["spectrogram"].dtype == torch.float32
+    batch = next(iter(SpectrogramBatches(table, 8, shuffle_buffer=64, seed=1)))
+    assert batch["spectrogram"].shape == (8, 32, 32) and batch["spectrogram"].dtype == torch.float32
+    assert batch["target"].shape == (8,) and batch["target"].dtype == torch.int64
+
+
+def test_batches_through_loader_workers_draw_each_clip_once(esc50_mini, spectrogram_cache_dir) -> None:
+    """With DataLoader workers the one-shard stream is read by one worker only: no clip twice."""
+    config = DataConfig(source=str(esc50_mini), resolution=32, cache_dir=str(spectrogram_cache_dir))
+    table = build_spectrogram_cache(config, show_progress=False)
+    batches = SpectrogramBatches(table, 20, shuffle_buffer=64, seed=3)
+    loaded = _fingerprints(DataLoader(batches, batch_size=None, num_workers=2))
+    assert len(loaded) == 200 and len(set(loaded)) == 200
+    assert loaded == _fingerprints(batches)  # the same order as without workers
 
 
 def test_hub_schema_dataset_built_locally(tmp_path, esc50_mini) -> None:

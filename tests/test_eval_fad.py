@@ -80,7 +80,7 @@ def test_pann_fad_through_the_package_is_zero_for_the_same_set_and_grows_with_no
     for noise in (0.0, 0.05, 0.5):
         embeddings, owners = model.embed(tone_clips(tmp_path / f"noisy{noise}", 16000, noise), SECONDS, False)
         assert owners.tolist() == list(range(4))
-        distances.append(model.distance((stats.mu, stats.sigma), model.statistics(embeddings)))
+        distances.append(model.distance(stats.embeddings, embeddings))
     same, slightly, very = distances
     assert abs(same) < 1e-6 * very
     assert 0 < slightly < very
@@ -93,7 +93,7 @@ def test_our_fad_equals_the_packages_own_score_on_the_same_files(ckpt_dir, tmp_p
     stats = reference_statistics(model, reference, tmp_path / "cache", SECONDS, show_progress=False)
     embeddings, owners = model.embed(generated, SECONDS, False)
     assert len(embeddings) == 4 * 75 and set(owners) == set(range(4))  # EnCodec: 75 frames per second, all clips
-    ours = model.distance((stats.mu, stats.sigma), model.statistics(embeddings))
+    ours = model.distance(stats.embeddings, embeddings)
 
     theirs = model.fad.score(str(tmp_path / "background"), str(tmp_path / "eval"))
     assert theirs > 0
@@ -156,6 +156,13 @@ def test_batched_pann_gives_the_packages_clip_by_clip_embeddings_and_still_names
     with contextlib.redirect_stdout(io.StringIO()):
         package = np.stack([model.fad.get_embeddings([clip], sr=16000) for clip in samples])
     np.testing.assert_allclose(batched, package, rtol=1e-4, atol=1e-6)
+    assert model._frozen is None  # 5 clips: not worth tracing
+
+    model.freeze_min_clips = 0  # the frozen trace (CPU), its batch padded from 5 to 16 clips
+    frozen, _ = model.embed(clips, SECONDS, False)
+    assert model._frozen is not None and model._frozen[0][1] == round(SECONDS * 16000)
+    np.testing.assert_allclose(frozen, package, rtol=1e-4, atol=1e-6)
+    model.freeze_min_clips = 100
 
     network = model.fad.model
     loud = np.random.default_rng(0).uniform(-0.9, 0.9, 16000).astype(np.float32)

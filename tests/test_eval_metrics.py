@@ -10,6 +10,7 @@ from hypothesis.extra.numpy import arrays
 
 from evaluation.metrics import (
     confusion_matrix,
+    embedding_frechet_distance,
     frechet_distance,
     gaussian_statistics,
     mean_average_precision,
@@ -65,6 +66,26 @@ def test_frechet_distance_equals_the_packages_calculate_frechet_distance(clips, 
     theirs = FrechetAudioDistance.calculate_frechet_distance(None, mu1, sigma1, mu2, sigma2)
     assert frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(theirs, rel=1e-6)
     assert theirs > 1.0
+
+
+@pytest.mark.parametrize(
+    "first_clips, second_clips, dimensions",
+    [(12, 9, 64), (3, 40, 16), (40, 30, 8), (300, 200, 16)],  # the rows' SVD, then the covariances' form
+)
+def test_embedding_frechet_distance_equals_the_packages_on_the_statistics(first_clips, second_clips, dimensions):
+    from frechet_audio_distance import FrechetAudioDistance
+
+    rng = np.random.default_rng(first_clips)
+    x = rng.normal(size=(first_clips, dimensions)) * 2.0
+    y = rng.normal(size=(second_clips, dimensions)) @ rng.normal(size=(dimensions, dimensions)) + 0.3
+    theirs = FrechetAudioDistance.calculate_frechet_distance(None, *gaussian_statistics(x), *gaussian_statistics(y))
+    assert embedding_frechet_distance(x, y) == pytest.approx(theirs, rel=1e-6)
+    assert embedding_frechet_distance(y, x) == pytest.approx(theirs, rel=1e-6)  # symmetric
+    assert embedding_frechet_distance(x, x) == pytest.approx(0.0, abs=1e-9 * theirs)
+    with pytest.raises(ValueError, match="at least 2 embeddings"):
+        embedding_frechet_distance(x[:1], y)
+    with pytest.raises(ValueError, match="differ in dimension"):
+        embedding_frechet_distance(x, y[:, :-1])
 
 
 def test_ranks_topk_and_map_on_a_hand_built_matrix():

@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from datasets import IterableDataset
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
@@ -39,7 +38,13 @@ from core.errors import UserError, exit_on_user_error
 from core.files import write_text_atomic
 from core.model import build_unet
 from core.pipeline import DiffusionModel
-from core.spectrograms import build_spectrogram_cache, mel_settings, select_folds, spectrogram_stream, to_model_range
+from core.spectrograms import (
+    SpectrogramBatches,
+    build_spectrogram_cache,
+    mel_settings,
+    select_folds,
+    to_model_range,
+)
 from core.tracking import RunLogger, configure_tracking, git_commit, redact_uri
 from training.checkpoints import complete_checkpoints, load_latest_checkpoint, save_checkpoint
 from training.run_folder import claim_output_dir, lock_output_dir, unlock_output_dir
@@ -86,7 +91,7 @@ def make_accelerator(config: Config) -> Accelerator:
     )
 
 
-def build_data(config: Config, accelerator: Accelerator) -> tuple[IterableDataset, DataLoader, int]:
+def build_data(config: Config, accelerator: Accelerator) -> tuple[SpectrogramBatches, DataLoader, int]:
     """Cached spectrograms (computed once, by the main process) streamed: this process's share.
 
     Every process runs the same number of batches per epoch (DDP would hang otherwise).
@@ -100,12 +105,13 @@ def build_data(config: Config, accelerator: Accelerator) -> tuple[IterableDatase
         raise UserError(
             f"train.batch_size {batch_size} x {world} process(es) exceeds the {len(table)} clips of data.source"
         )
-    stream = spectrogram_stream(table, config.data.shuffle_buffer, config.seed, accelerator.process_index, world)
-    # Our own generator keeps DataLoader from drawing on the global RNG, which resume restores.
+    stream = SpectrogramBatches(
+        table, batch_size, config.data.shuffle_buffer, config.seed, accelerator.process_index, world
+    )
+    # The stream batches; our own generator keeps DataLoader off the global RNG, which resume restores.
     loader = DataLoader(
-        stream, batch_size=batch_size, num_workers=config.train.dataloader_workers, drop_last=True,
-        generator=torch.Generator(),
-    )  # fmt: skip
+        stream, batch_size=None, num_workers=config.train.dataloader_workers, generator=torch.Generator()
+    )
     return stream, loader, batches_per_epoch
 
 
@@ -174,7 +180,7 @@ def train_in_folder(
         num_train_timesteps=config.train.num_train_timesteps, beta_schedule=config.train.beta_schedule
     )
     # The loader is not prepared: the stream is already split per process, and Accelerate
-    # would shard an IterableDataset a second time (accelerate #4075).
+    # would shard the stream a second time (accelerate #4075).
     model, optimizer, lr_schedule = accelerator.prepare(unet, optimizer, lr_schedule)
     ema.to(accelerator.device)
     accelerator.register_for_checkpointing(ema)
