@@ -110,6 +110,51 @@ def test_real_esc50_flac_is_resampled_from_44k(esc50_mini) -> None:
     assert decode_audio(path, sample_rate=22050, seconds=5.0).shape == (110250,)
 
 
+def _libsndfile_float_decode(source, rate: int = 22050) -> np.ndarray:
+    """What decode_audio did before its fast paths: libsndfile's float32 samples, averaged, soxr HQ."""
+    import io
+
+    import soxr
+
+    samples, native_rate = soundfile.read(io.BytesIO(source) if isinstance(source, bytes) else source, dtype="float32",
+                                          always_2d=True)  # fmt: skip
+    resampled = soxr.resample(samples.mean(axis=1), native_rate, rate, quality="HQ").astype(np.float32)
+    return np.pad(resampled, (0, max(0, 5 * rate - len(resampled))))[: 5 * rate]
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24"])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_fast_16_bit_paths_give_libsndfiles_float_samples(tmp_path, esc50_mini, subtype: str, channels: int) -> None:
+    """16-bit FLAC (dr_flac) and 16-bit WAV (read as int16) decode to exactly libsndfile's float samples;
+    24-bit files take libsndfile's float path."""
+    from core.audio import _read_16_bit_flac
+
+    real, rate = soundfile.read(sorted((esc50_mini / "audio").glob("*.flac"))[3], dtype="float32")
+    samples = np.stack([real, real[::-1]], axis=1)[:, :channels]
+    for fmt in ("FLAC", "WAV"):
+        path = tmp_path / f"clip-{channels}.{fmt.lower()}"
+        soundfile.write(path, samples, rate, subtype=subtype, format=fmt)
+        np.testing.assert_array_equal(decode_audio(path, 22050, 5.0), _libsndfile_float_decode(path))
+        np.testing.assert_array_equal(decode_audio(path.read_bytes(), 22050, 5.0), _libsndfile_float_decode(path))
+        fast = _read_16_bit_flac(path)
+        assert (fast is not None) == (fmt == "FLAC" and subtype == "PCM_16"), (fmt, subtype)
+        if fast is not None:
+            assert fast[0].shape == (len(real), channels) and fast[1] == rate
+
+
+def test_flac_that_dr_flac_decodes_only_in_part_is_rejected_by_libsndfile(tmp_path, esc50_mini) -> None:
+    """dr_flac skips frames that fail their checksum; such a file must not pass as a shorter clip."""
+    from core.audio import _read_16_bit_flac
+
+    data = bytearray(sorted((esc50_mini / "audio").glob("*.flac"))[0].read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 100] = b"x" * 100  # a damaged frame in the middle
+    path = tmp_path / "damaged.flac"
+    path.write_bytes(bytes(data))
+    assert _read_16_bit_flac(path) is None  # dr_flac alone would have returned fewer samples
+    with pytest.raises(BadAudioError, match=r"cannot decode audio file .*damaged\.flac"):
+        decode_audio(path, 22050, 5.0)
+
+
 @pytest.mark.parametrize(
     ("content", "reason"),
     [(b"", "cannot decode"), (b"not audio at all" * 10, "cannot decode")],
