@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from bench.common import BenchOptions, StageResult, Stopwatch, in_child, log, median_result
+from core.audio import decode_audio
 
 PANN_RATE = 16000
 PANN_FILE = "Cnn14_16k_mAP%3D0.438.pth"
@@ -29,36 +30,54 @@ EMBEDDING_SIZE = 2048
 TOLERANCE = 1e-4
 
 
-def write_random_pann(ckpt_dir: Path) -> Path:
-    """Seeded random Cnn14_16k weights in the file name and layout the package loads."""
+def write_random_pann(ckpt_dir: Path, calibration_clips: np.ndarray) -> Path:
+    """Seeded random Cnn14_16k weights in the file name and layout the package loads.
+
+    Random convolutions with untouched batch-norm statistics map every clip to nearly the same
+    embedding, so any two sets are a tiny distance apart and float32 rounding alone moves it by 1e-4.
+    The batch norms are therefore calibrated on real clips, as training would have set them.
+    """
     import torch
     from frechet_audio_distance.models.pann import Cnn14_16k
 
     torch.manual_seed(0)
     model = Cnn14_16k(
         sample_rate=PANN_RATE, window_size=512, hop_size=160, mel_bins=64, fmin=50, fmax=8000, classes_num=527
-    )
+    ).eval()  # no dropout while calibrating
+    norms = [module for module in model.modules() if isinstance(module, torch.nn.BatchNorm2d)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a plain average over the calibration batch
+        norm.train()
+    with torch.no_grad():
+        for start in range(0, len(calibration_clips), 16):  # running averages over every batch
+            model(torch.from_numpy(calibration_clips[start : start + 16]), None)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict()}, ckpt_dir / PANN_FILE)
+    torch.save({"model": model.eval().state_dict()}, ckpt_dir / PANN_FILE)
     return ckpt_dir
 
 
 def prepare_folders(source: str, root: Path, classes: int, generated_clips: int) -> dict[str, str]:
     """16 kHz copies: an ESC-50 reference folder (2 clips of each of the first `classes` classes; ours
-    holds one of each out), a generated folder (manifest + <category>/<n>.wav), and the package's two
-    flat folders linking to the very same files."""
+    holds one of each out), a generated folder (manifest + <category>/<n>.wav) of every clip of those
+    classes, repeated up to `generated_clips`, and the package's two flat folders linking to the very
+    same files. The generated set holds clips the reference does not: copies of the reference alone
+    would put the distance near 0, where relative differences say nothing."""
     from core.audio import decode_audio, write_wav_atomic
     from core.esc50 import read_clips
     from evaluation.clips import split_reference
 
     clips = read_clips(source)
-    clips = clips[clips["target"] < classes].groupby("target").head(2).reset_index(drop=True)
+    clips = clips[clips["target"] < classes].sort_values(["target", "filename"]).reset_index(drop=True)
+    in_reference = clips.index.isin(clips.groupby("target").head(2).index)
     reference_dir = root / "reference"
-    for row in clips.itertuples():
-        samples = decode_audio(row.path, PANN_RATE, 5.0, name=row.filename)
-        write_wav_atomic(reference_dir / "audio" / Path(row.filename).with_suffix(".wav"), samples, PANN_RATE)
+    wav_paths = []
+    for row, referenced in zip(clips.itertuples(), in_reference):
+        folder = reference_dir / "audio" if referenced else root / "other-clips"
+        wav_paths.append(folder / Path(row.filename).with_suffix(".wav"))
+        write_wav_atomic(wav_paths[-1], decode_audio(row.path, PANN_RATE, 5.0, name=row.filename), PANN_RATE)
     (reference_dir / "meta").mkdir(exist_ok=True)
-    table = clips[["filename", "fold", "target", "category"]].copy()
+    table = clips[in_reference][["filename", "fold", "target", "category"]].copy()
     table["filename"] = [str(Path(name).with_suffix(".wav")) for name in table["filename"]]
     table.to_csv(reference_dir / "meta" / "esc50.csv", index=False)
 
@@ -68,7 +87,7 @@ def prepare_folders(source: str, root: Path, classes: int, generated_clips: int)
         row = clips.iloc[index % len(clips)]
         relative = f"{row['category']}/{index}.wav"
         os.makedirs(generated_dir / row["category"], exist_ok=True)
-        os.link(reference_dir / "audio" / Path(row["filename"]).with_suffix(".wav"), generated_dir / relative)
+        os.link(wav_paths[index % len(clips)], generated_dir / relative)
         rows.append({"file": relative, "target": row["target"], "category": row["category"]})
     pd.DataFrame(rows).to_csv(generated_dir / "manifest.csv", index=False)
 
@@ -119,10 +138,13 @@ def baseline(folders: dict, ckpt_dir: str, embeddings_dir: str) -> dict:
 def run(options: BenchOptions) -> list[StageResult]:
     root = options.work_dir / "evaluate"
     root.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = str(write_random_pann(root / "ckpt"))
     # The study scores 50 classes x 40 generated clips: 2,000, esc50-mini's clips repeated to make them up.
     classes, generated_clips = (8, 4) if options.quick else (50, 2000)
     folders = prepare_folders(options.source, root, classes, generated_clips)
+    reference_clips = np.stack(
+        [decode_audio(path, PANN_RATE, 5.0) for path in sorted(Path(folders["background"]).iterdir())]
+    )
+    ckpt_dir = str(write_random_pann(root / "ckpt", reference_clips))
     clips = generated_clips + len(os.listdir(folders["background"]))
     ours_runs, base_runs = [], []
     for repeat in range(options.repeats):

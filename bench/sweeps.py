@@ -1,43 +1,54 @@
 """Stage 5: tiny training trials through Ray Tune.
 
-sweep_overhead: N trials through Ray Tune one at a time (each given every CPU) vs the same N trials
+The trials are the study's ablation grid on the tiny model: L2/L1 loss x attention on/off x
+normalization on/off, 3 seeds each (24 trials; 2 with --quick), each `training.train.train` on
+configs/tiny.yaml at 32x32 with its own output folder and its own MLflow SQLite store (copied from
+a template made beforehand, so no trial waits on another's database lock or creates tables).
+
+sweep_overhead: the trials through Ray Tune one at a time (each given every CPU) vs the same trials
 called one after another in this process: what Ray's worker start, imports and reporting cost.
 sweep_scaling: the same trials with 1 CPU each (torch threads set from the trial's allocation),
-2 at a time vs 1 at a time. Ray runs locally on 127.0.0.1 without a dashboard, as tuning/ does,
-with `reuse_actors=True` as tuning/sweep.py sets it. Each trial is `training.train.train` on
-configs/tiny.yaml with its own output folder and its own MLflow SQLite store (copied from a
-template made beforehand, so no trial waits on another's database lock or creates tables).
+2 at a time vs 1 at a time. Ray is started by `tuning.cluster.connect`, as a sweep starts it (local,
+127.0.0.1 only, no dashboard), and Tune reuses actors, as tuning/sweep.py has it.
 """
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import time
 from pathlib import Path
 
 from bench.common import BenchOptions, StageResult, log, median_result
 
+STEPS = 30  # per trial: a tiny trial takes about 2 s on 2 CPU cores
+
+
+def study_trials(quick: bool) -> list[list[str]]:
+    """Overrides of each trial: the study's 2 x 2 x 2 grid, 3 seeds (the first 2 trials with `quick`)."""
+    grid = itertools.product(("l2", "l1"), ("true", "false"), ("true", "false"), (0, 1, 2))
+    trials = [
+        [f"train.loss={loss}", f"model.attention={attention}", f"data.normalize={normalize}", f"seed={seed}"]
+        for loss, attention, normalize, seed in grid
+    ]
+    return trials[:2] if quick else trials
+
 
 def train_tiny(params: dict) -> float:
-    """One trial: train the tiny config; returns its last logged loss."""
+    """One trial: train the tiny config with the trial's overrides; returns its last logged loss."""
     import torch
 
-    from bench.train import TINY_CONFIG
-    from core.config import load_config
+    from bench.train import bench_config
     from training.train import train
 
     torch.set_num_threads(params["threads"])
     folder = Path(params["root"]) / f"trial-{params['index']}"
     folder.mkdir(parents=True)
     shutil.copy(params["mlflow_template"], folder / "mlflow.db")
-    config = load_config(
-        TINY_CONFIG,
-        [
-            f"output_dir={folder / 'run'}", f"data.source={params['source']}", f"data.cache_dir={params['cache_dir']}",
-            f"tracking.tracking_uri=sqlite:///{folder / 'mlflow.db'}", f"train.max_steps={params['steps']}",
-            f"train.log_every={params['steps']}", f"train.checkpoint_every={params['steps']}",
-            "train.sample_classes=[0]", "sample.steps=4", "sample.griffin_lim_iters=4",
-        ],
+    config = bench_config(
+        params["source"], str(folder), quick=True, steps=params["steps"], log_every=params["steps"], resolution=32,
+        extra=[f"data.cache_dir={params['cache_dir']}", *params["overrides"]],
+        tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
     )  # fmt: skip
     result = train(config, show_progress=False)
     return result.losses[max(result.losses)]
@@ -75,33 +86,27 @@ def run_through_tune(trials: list[dict], cpus: int, concurrent: int, storage: Pa
 def run(options: BenchOptions, stage: str) -> list[StageResult]:
     import os
 
-    from tuning.cluster import LOOPBACK_ONLY_SWITCH
-
-    os.environ.setdefault(LOOPBACK_ONLY_SWITCH, "0")  # the bench's Ray listens on 127.0.0.1 only
-    import ray
-
     from core.config import DataConfig
     from core.spectrograms import build_spectrogram_cache
+    from tuning.cluster import connect
 
     root = options.work_dir / stage
     root.mkdir(parents=True, exist_ok=True)
     cache_dir = str(options.work_dir / "spectrogram-cache")
     build_spectrogram_cache(DataConfig(source=options.source, resolution=32, cache_dir=cache_dir), show_progress=False)
     template = make_mlflow_template(root / "template.db")
-    count, steps = (2, 2) if options.quick else (4, 30)
-    cpus = os.cpu_count() or 2
+    overrides, steps = study_trials(options.quick), 2 if options.quick else STEPS
+    count, cpus = len(overrides), os.cpu_count() or 2
 
     def trials(tag: str, threads: int) -> list[dict]:
         folder = root / f"{tag}-{time.monotonic_ns()}"
         return [
             {"index": i, "root": str(folder), "source": options.source, "cache_dir": cache_dir, "steps": steps,
-             "mlflow_template": str(template), "threads": threads}
-            for i in range(count)
+             "mlflow_template": str(template), "threads": threads, "overrides": trial}
+            for i, trial in enumerate(overrides)
         ]  # fmt: skip
 
-    ray.init(
-        address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
-    )  # fmt: skip
+    started_ray = connect(None, cpus)
     try:
         ours_runs, base_runs = [], []
         for repeat in range(options.repeats):
@@ -116,13 +121,17 @@ def run(options: BenchOptions, stage: str) -> list[StageResult]:
                 ours_runs.append(count / run_through_tune(trials("two", 1), 1, 2, root / "ray"))
             log(f"  {stage} {repeat + 1}/{options.repeats}: {ours_runs[-1]:.3f} vs {base_runs[-1]:.3f} trials/s")
     finally:
-        ray.shutdown()
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    details = {"trials": count, "steps_per_trial": steps, "resolution": 32}
     if stage == "sweep_overhead":
         name = "the same trials in-process, one after another"
-        details = {"trials": count, "steps_per_trial": steps, "cpus_per_trial": cpus, "concurrent": 1}
+        details.update(cpus_per_trial=cpus, concurrent=1)
     else:
         name = "Ray Tune, 1 CPU per trial, 1 at a time"
-        details = {"trials": count, "steps_per_trial": steps, "cpus_per_trial": 1, "concurrent": 2}
+        details.update(cpus_per_trial=1, concurrent=2)
     return [median_result(stage, "trials/s", name, ours_runs, base_runs, **details)]
 
 

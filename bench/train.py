@@ -18,23 +18,28 @@ from bench.common import BenchOptions, StageResult, Stopwatch, cuda_available, i
 TINY_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
 
 
-def bench_config(source: str, work_dir: str, quick: bool, steps: int, log_every: int):
-    """configs/tiny.yaml (64x64 for the full run), writing into a fresh folder under `work_dir`."""
+def bench_config(
+    source: str, work_dir: str, quick: bool, steps: int, log_every: int, resolution: int | None = None,
+    extra: list[str] | None = None, tracking_uri: str | None = None,
+):  # fmt: skip
+    """configs/tiny.yaml (64x64 for the full run unless `resolution`), writing into a fresh folder under `work_dir`."""
     from core.config import load_config
 
     run_dir = Path(tempfile.mkdtemp(dir=work_dir, prefix="train-"))
+    tracking_uri = tracking_uri or f"sqlite:///{run_dir / 'mlflow.db'}"
     overrides = [
         f"output_dir={run_dir / 'run'}",
         f"data.source={source}",
         f"data.cache_dir={Path(work_dir) / 'spectrogram-cache'}",
-        f"data.resolution={32 if quick else 64}",
-        f"tracking.tracking_uri=sqlite:///{run_dir / 'mlflow.db'}",
+        f"data.resolution={resolution or (32 if quick else 64)}",
+        f"tracking.tracking_uri={tracking_uri}",
         f"train.max_steps={steps}",
         f"train.log_every={log_every}",
         f"train.checkpoint_every={steps}",  # saved at the very end, outside the measured window
         "train.sample_classes=[0]",
         "sample.steps=4",  # the end-of-run sample clip is outside the window too: keep it short
         "sample.griffin_lim_iters=4",
+        *(extra or []),
     ]
     return load_config(TINY_CONFIG, overrides)
 
