@@ -14,8 +14,10 @@ sweep_scaling: the same trials with 1 CPU each (torch threads set from the trial
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -75,7 +77,8 @@ def run_through_tune(trials: list[dict], cpus: int, concurrent: int, storage: Pa
         run_config=tune.RunConfig(storage_path=str(storage), name="bench", verbose=0),
     )
     started = time.perf_counter()
-    results = tuner.fit()
+    with contextlib.redirect_stdout(sys.stderr):  # Tune's experiment boxes: stdout keeps the bench's table
+        results = tuner.fit()
     seconds = time.perf_counter() - started
     errors = [r.error for r in results if r.error]
     if errors:

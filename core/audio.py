@@ -39,19 +39,17 @@ def decode_audio(source: str | os.PathLike | bytes, sample_rate: int, seconds: f
     samples, native_rate = decoded if decoded is not None else _read_with_libsndfile(source, name)
     if samples.shape[0] == 0:
         raise BadAudioError(f"audio file {name} is empty (0 samples)")
-    if samples.dtype == np.int16:  # scaled as libsndfile scales 16-bit PCM to float: the same samples
-        mono = samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1, dtype=np.float32)
-        mono = mono.astype(np.float32) * np.float32(1 / 32768)
-    else:
-        if not np.isfinite(samples).all():
-            raise BadAudioError(f"audio file {name} contains NaN or infinite samples")
-        mono = samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1)  # ESC-50 is mono: skip the copy
-    if not np.any(mono):
+    if samples.dtype != np.int16 and not np.isfinite(samples).all():
+        raise BadAudioError(f"audio file {name} contains NaN or infinite samples")
+    mono = samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1, dtype=np.float32)  # ESC-50 is mono
+    if not mono.any():
         raise BadAudioError(f"audio file {name} is pure silence")
+    if samples.dtype == np.int16:  # scaled as libsndfile scales 16-bit PCM to float: the same samples
+        mono = np.multiply(mono, np.float32(1 / 32768), dtype=np.float32)
     if native_rate != sample_rate:
         import soxr  # imported here: only needed when rates differ
 
-        mono = soxr.resample(mono, native_rate, sample_rate, quality="HQ").astype(np.float32)
+        mono = soxr.resample(mono, native_rate, sample_rate, quality="HQ").astype(np.float32, copy=False)
     return fix_length(mono, round(sample_rate * seconds))
 
 
@@ -176,9 +174,9 @@ class MelTransform:
         """
         s = self.settings
         samples = fix_length(np.asarray(samples, dtype=np.float32), s.clip_samples)
-        if not np.isfinite(samples).all():
+        peak_amplitude = np.abs(samples).max(axis=-1, keepdims=True)  # NaN and inf carry through the max
+        if not np.isfinite(peak_amplitude).all():
             raise BadAudioError("samples contain NaN or infinite values")
-        peak_amplitude = np.abs(samples).max(axis=-1, keepdims=True)
         if np.any(peak_amplitude > 1.0):  # beyond full scale: the power would overflow float32 (the scale drops out)
             samples = samples / np.maximum(peak_amplitude, 1.0)
         half_window = s.window_length // 2

@@ -148,7 +148,7 @@ def compute_spectrograms(
 
 def _as_table(clips: pd.DataFrame, spectrograms: np.ndarray, fingerprint: str) -> datasets.Dataset:
     """The cache's table: the clips' metadata and their spectrograms as one Arrow column, not copied row by row."""
-    count, resolution = spectrograms.shape[:2]
+    resolution = spectrograms.shape[1]
     features = datasets.Features(
         {
             "filename": datasets.Value("string"),
@@ -158,16 +158,23 @@ def _as_table(clips: pd.DataFrame, spectrograms: np.ndarray, fingerprint: str) -
             "spectrogram": datasets.Array2D((resolution, resolution), "float32"),
         }
     )
-    # Array2D's storage is a list (clips) of lists (rows) of float32: offsets over the flat array make it.
-    values = pa.array(spectrograms.reshape(-1))
-    rows = pa.ListArray.from_arrays(pa.array(np.arange(0, len(values) + 1, resolution, dtype=np.int32)), values)
-    storage = pa.ListArray.from_arrays(pa.array(np.arange(0, count * resolution + 1, resolution, dtype=np.int32)), rows)
     schema = features.arrow_schema
     columns = [pa.array(clips[name].tolist(), type=schema.field(name).type) for name in schema.names[:-1]]
-    columns.append(pa.ExtensionArray.from_storage(schema.field("spectrogram").type, storage))
+    parts = np.array_split(spectrograms, -(-spectrograms.size // 2**30) or 1)  # Array2D's offsets are int32
+    columns.append(pa.chunked_array([_array_2d(part, schema.field("spectrogram").type) for part in parts]))
     table = InMemoryTable(pa.Table.from_arrays(columns, schema=schema))
     # Our cache key is the fingerprint: without one, datasets hashes the whole table (0.14 s for 2,000 clips).
     return datasets.Dataset(table, info=datasets.DatasetInfo(features=features), fingerprint=fingerprint)
+
+
+def _array_2d(spectrograms: np.ndarray, arrow_type: pa.DataType) -> pa.ExtensionArray:
+    """(N, R, R) float32 as datasets' Array2D: lists (clips) of lists (rows) of float32 over the flat
+    array, without converting row by row; int32 offsets, so at most 2**31 values (callers split)."""
+    count, rows = spectrograms.shape[:2]
+    values = pa.array(spectrograms.reshape(-1))
+    row_lists = pa.ListArray.from_arrays(pa.array(np.arange(0, len(values) + 1, rows, dtype=np.int32)), values)
+    clip_lists = pa.ListArray.from_arrays(pa.array(np.arange(0, count * rows + 1, rows, dtype=np.int32)), row_lists)
+    return pa.ExtensionArray.from_storage(arrow_type, clip_lists)
 
 
 def build_spectrogram_cache(data: DataConfig, show_progress: bool = True) -> datasets.Dataset:

@@ -35,7 +35,7 @@ from evaluation.clips import CLIP_SECONDS, decoded_batches, fingerprint
 from evaluation.metrics import embedding_frechet_distance
 
 log = logging.getLogger(__name__)
-FAD_CACHE_VERSION = 1
+FAD_CACHE_VERSION = 2  # 2: embeddings only (distances are computed from them)
 PANN_BATCH = 16  # clips per PANN forward pass (decoding and the frozen trace use it too)
 # model -> sample rates the package accepts (first = default)
 FAD_MODELS: dict[str, tuple[int, ...]] = {
@@ -174,9 +174,6 @@ class FadModel:
             return None
         return embeddings
 
-    def statistics(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.fad.calculate_embd_statistics(embeddings.astype(np.float64))
-
     def distance(self, reference: np.ndarray, other: np.ndarray) -> float:
         """Frechet distance between two sets of embeddings (evaluation.metrics: the package's value, faster)."""
         return embedding_frechet_distance(reference, other)
@@ -262,9 +259,7 @@ def weights_digest(model: Any) -> str:
 
 @dataclass
 class ReferenceStatistics:
-    mu: np.ndarray
-    sigma: np.ndarray
-    embeddings: np.ndarray  # kept for per-class distances
+    embeddings: np.ndarray  # what every distance is computed from (evaluation.metrics.embedding_frechet_distance)
     owners: np.ndarray  # clip index of each embedding row
     targets: np.ndarray  # class of each clip
     path: Path
@@ -283,28 +278,26 @@ def reference_statistics(
     seconds: float = CLIP_SECONDS,
     show_progress: bool = True,
 ) -> ReferenceStatistics:
-    """Embeddings and (mean, covariance) of the reference set: from the cache, or computed and cached."""
+    """Embeddings of the reference set: from the cache, or computed and cached."""
     key = reference_cache_key(model, reference, seconds)
     path = Path(cache_dir) / "fad" / f"{model.name}-{model.sample_rate}-{key}.npz"
     if path.is_file():
         try:
             with np.load(path) as stored:
                 return ReferenceStatistics(
-                    stored["mu"], stored["sigma"], stored["embeddings"], stored["owners"], stored["targets"],
-                    path, from_cache=True,
-                )  # fmt: skip
+                    stored["embeddings"], stored["owners"], stored["targets"], path, from_cache=True
+                )
         except Exception as error:  # damaged file: recompute
             log.warning("ignoring unreadable FAD reference cache %s (%s)", path, error)
     embeddings, owners = model.embed(reference, seconds, show_progress, desc="FAD reference")
-    mu, sigma = model.statistics(embeddings)
     targets = reference["target"].to_numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
     # A unique temporary name: concurrent trials may compute the same entry; the last rename wins, intact.
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
     with os.fdopen(handle, "wb") as stream:
-        np.savez(stream, mu=mu, sigma=sigma, embeddings=embeddings, owners=owners, targets=targets)
+        np.savez(stream, embeddings=embeddings, owners=owners, targets=targets)
     os.replace(temporary, path)
-    return ReferenceStatistics(mu, sigma, embeddings, owners, targets, path, from_cache=False)
+    return ReferenceStatistics(embeddings, owners, targets, path, from_cache=False)
 
 
 def per_class_distances(

@@ -59,6 +59,34 @@ def test_cache_shapes_ranges_and_reuse(esc50_mini, spectrogram_cache_dir) -> Non
     assert len(select_folds(table, [4])) == len(read_clips(str(esc50_mini), folds=[4]))
 
 
+def test_parallel_and_serial_preprocessing_give_the_same_table_in_the_csvs_order(tmp_path, esc50_mini) -> None:
+    from core.audio import MelTransform, decode_audio
+    from core.spectrograms import mel_settings
+
+    tables = []
+    for workers in (1, 2):
+        config = DataConfig(source=str(esc50_mini), resolution=16, cache_dir=str(tmp_path / f"w{workers}"),
+                            preprocess_workers=workers)  # fmt: skip
+        tables.append(build_spectrogram_cache(config, show_progress=False))
+    serial, parallel = tables
+    assert serial.features == parallel.features
+    assert {name: str(feature) for name, feature in serial.features.items() if name != "spectrogram"} == {
+        "filename": "Value('string')", "fold": "Value('int64')", "target": "Value('int64')",
+        "category": "Value('string')",
+    }  # fmt: skip
+    clips = read_clips(str(esc50_mini))
+    for column in ("filename", "fold", "target", "category"):
+        assert serial[column] == parallel[column] == clips[column].tolist(), column
+    serial_spectrograms = np.asarray(serial.with_format("numpy")["spectrogram"])
+    np.testing.assert_array_equal(serial_spectrograms, np.asarray(parallel.with_format("numpy")["spectrogram"]))
+    settings = mel_settings(config)
+    last = clips.iloc[-1]  # the last chunk's last clip: nothing shifted or dropped on the way
+    expected = MelTransform(settings).spectrogram(
+        decode_audio(last["path"], settings.sample_rate, settings.clip_seconds)
+    )
+    np.testing.assert_array_equal(serial_spectrograms[-1], expected)
+
+
 def test_workers_build_the_cache_after_the_parent_ran_parallel_torch(tmp_path, esc50_mini) -> None:
     """Forked preprocessing workers run torch: after the parent had used OpenMP, an unguarded torch op
     in a worker deadlocked (libgomp is not fork-safe). Run in a child so a hang fails, not stalls."""
