@@ -131,7 +131,7 @@ class FadModel:
         """PANN's embedding for a batch of at most PANN_BATCH clips of `samples` samples.
 
         On the CPU, for `freeze_min_clips` or more, a TorchScript trace frozen for inference: batch norm
-        folded into the convolutions, which are prepacked for oneDNN. 80 -> 61 ms per clip on 2 cores,
+        folded into the convolutions, which are prepacked for oneDNN. 97 -> 72 ms per clip on 2 cores,
         the embeddings equal to 1e-6 (tests/test_eval_fad.py); tracing costs 1.6 s, once per model.
         Otherwise, or if tracing fails, the eager module.
         """
