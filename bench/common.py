@@ -125,9 +125,6 @@ def scaled_source(source: str, copies: int, dest: Path, as_wav: bool = False) ->
     the full 2,000-clip ESC-50 where only esc50-mini is at hand. `as_wav` first converts each clip
     to 16-bit WAV at its own rate, the format of the full ESC-50 (esc50-mini is FLAC).
     """
-    import soundfile
-
-    from core.audio import write_wav_atomic
     from core.esc50 import read_clips
 
     if copies <= 1 and not as_wav:
@@ -138,12 +135,7 @@ def scaled_source(source: str, copies: int, dest: Path, as_wav: bool = False) ->
     (dest / "meta").mkdir(exist_ok=True)
     originals = [os.path.abspath(path) for path in clips["path"]]
     if as_wav:
-        (dest / "wav").mkdir(exist_ok=True)
-        for index, path in enumerate(originals):
-            originals[index] = str(dest / "wav" / (Path(path).stem + ".wav"))
-            if not os.path.exists(originals[index]):
-                samples, rate = soundfile.read(path, dtype="float32")  # 16-bit FLAC: exact as 16-bit WAV
-                write_wav_atomic(originals[index], samples, rate)
+        originals = [_wav_copy(path, dest / "wav") for path in originals]
     rows = []
     for copy in range(copies):
         for row, original in zip(clips.itertuples(), originals):
@@ -155,6 +147,19 @@ def scaled_source(source: str, copies: int, dest: Path, as_wav: bool = False) ->
             rows.append({"filename": name, "fold": row.fold, "target": row.target, "category": row.category})
     pd.DataFrame(rows).to_csv(dest / "meta" / "esc50.csv", index=False)
     return str(dest)
+
+
+def _wav_copy(path: str, folder: Path) -> str:
+    """`path` written once as 16-bit WAV into `folder` (16-bit FLAC: the very same samples)."""
+    import soundfile
+
+    from core.audio import write_wav_atomic
+
+    copy = folder / (Path(path).stem + ".wav")
+    if not copy.exists():
+        samples, rate = soundfile.read(path, dtype="float32")
+        write_wav_atomic(copy, samples, rate)
+    return str(copy)
 
 
 def log(message: str) -> None:

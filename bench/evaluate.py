@@ -47,10 +47,10 @@ def write_random_pann(ckpt_dir: Path, calibration_clips: np.ndarray) -> Path:
     norms = [module for module in model.modules() if isinstance(module, torch.nn.BatchNorm2d)]
     for norm in norms:
         norm.reset_running_stats()
-        norm.momentum = None  # a plain average over the calibration batch
+        norm.momentum = None  # a plain average over every calibration batch
         norm.train()
     with torch.no_grad():
-        for start in range(0, len(calibration_clips), 16):  # running averages over every batch
+        for start in range(0, len(calibration_clips), 16):
             model(torch.from_numpy(calibration_clips[start : start + 16]), None)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model.eval().state_dict()}, ckpt_dir / PANN_FILE)
@@ -63,7 +63,7 @@ def prepare_folders(source: str, root: Path, classes: int, generated_clips: int)
     classes, repeated up to `generated_clips`, and the package's two flat folders linking to the very
     same files. The generated set holds clips the reference does not: copies of the reference alone
     would put the distance near 0, where relative differences say nothing."""
-    from core.audio import decode_audio, write_wav_atomic
+    from core.audio import write_wav_atomic
     from core.esc50 import read_clips
     from evaluation.clips import split_reference
 

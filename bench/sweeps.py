@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bench.common import BenchOptions, StageResult, log, median_result
 
-STEPS = 30  # per trial: a tiny trial takes about 2 s on 2 CPU cores
+STEPS = 30  # per trial: a tiny trial takes about 3 s on 2 CPU cores
 
 
 def study_trials(quick: bool) -> list[list[str]]:
@@ -48,7 +48,7 @@ def train_tiny(params: dict) -> float:
     folder.mkdir(parents=True)
     shutil.copy(params["mlflow_template"], folder / "mlflow.db")
     config = bench_config(
-        params["source"], str(folder), quick=True, steps=params["steps"], log_every=params["steps"], resolution=32,
+        params["source"], str(folder), resolution=32, steps=params["steps"], log_every=params["steps"],
         extra=[f"data.cache_dir={params['cache_dir']}", *params["overrides"]],
         tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
     )  # fmt: skip

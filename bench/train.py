@@ -19,10 +19,10 @@ TINY_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
 
 
 def bench_config(
-    source: str, work_dir: str, quick: bool, steps: int, log_every: int, resolution: int | None = None,
-    extra: list[str] | None = None, tracking_uri: str | None = None,
+    source: str, work_dir: str, resolution: int, steps: int, log_every: int, extra: list[str] | None = None,
+    tracking_uri: str | None = None,
 ):  # fmt: skip
-    """configs/tiny.yaml (64x64 for the full run unless `resolution`), writing into a fresh folder under `work_dir`."""
+    """configs/tiny.yaml at `resolution` with `extra` overrides, writing into a fresh folder under `work_dir`."""
     from core.config import load_config
 
     run_dir = Path(tempfile.mkdtemp(dir=work_dir, prefix="train-"))
@@ -31,7 +31,7 @@ def bench_config(
         f"output_dir={run_dir / 'run'}",
         f"data.source={source}",
         f"data.cache_dir={Path(work_dir) / 'spectrogram-cache'}",
-        f"data.resolution={resolution or (32 if quick else 64)}",
+        f"data.resolution={resolution}",
         f"tracking.tracking_uri={tracking_uri}",
         f"train.max_steps={steps}",
         f"train.log_every={log_every}",
@@ -54,12 +54,12 @@ def peak_memory_mib() -> float:
     return peak_rss_mib()
 
 
-def ours(source: str, work_dir: str, quick: bool, steps: int, log_every: int) -> dict:
+def ours(source: str, work_dir: str, resolution: int, steps: int, log_every: int) -> dict:
     import mlflow
 
     from training.train import train
 
-    config = bench_config(source, work_dir, quick, steps, log_every)
+    config = bench_config(source, work_dir, resolution, steps, log_every)
     result = train(config, show_progress=False)
     history = mlflow.tracking.MlflowClient(config.tracking.tracking_uri).get_metric_history(result.run_id, "loss")
     points = sorted((m.step, m.timestamp) for m in history)
@@ -68,7 +68,7 @@ def ours(source: str, work_dir: str, quick: bool, steps: int, log_every: int) ->
     return {"samples_per_s": samples / ((last_ms - first_ms) / 1000), "peak_memory_mib": peak_memory_mib()}
 
 
-def baseline(source: str, work_dir: str, quick: bool, steps: int, warmup: int) -> dict:
+def baseline(source: str, work_dir: str, resolution: int, steps: int, warmup: int) -> dict:
     """The same UNet, optimizer and noise schedule in a bare loop over tensors in memory."""
     import numpy as np
     import torch
@@ -78,7 +78,7 @@ def baseline(source: str, work_dir: str, quick: bool, steps: int, warmup: int) -
     from core.model import build_unet
     from core.spectrograms import build_spectrogram_cache
 
-    config = bench_config(source, work_dir, quick, steps, steps)
+    config = bench_config(source, work_dir, resolution, steps, steps)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     table = build_spectrogram_cache(config.data, show_progress=False).with_format("numpy")
     images = (torch.from_numpy(np.asarray(table["spectrogram"]))[:, None] * 2 - 1).to(device)
@@ -123,17 +123,18 @@ def run(options: BenchOptions) -> list[StageResult]:
 
     log_every = 5
     measured = 5 if options.quick else 40
+    resolution = 32 if options.quick else 64
     work = str(options.work_dir)
     # Both read the same cache, built once here, outside any measurement.
     cache_dir = options.work_dir / "spectrogram-cache"
     build_spectrogram_cache(
-        DataConfig(source=options.source, resolution=32 if options.quick else 64, cache_dir=str(cache_dir)),
+        DataConfig(source=options.source, resolution=resolution, cache_dir=str(cache_dir)),
         show_progress=False,
     )
     ours_runs, base_runs, ours_mem, base_mem = [], [], [], []
     for repeat in range(options.repeats):
-        mine = in_child(ours, options.source, work, options.quick, log_every + measured, log_every)
-        theirs = in_child(baseline, options.source, work, options.quick, measured, log_every)
+        mine = in_child(ours, options.source, work, resolution, log_every + measured, log_every)
+        theirs = in_child(baseline, options.source, work, resolution, measured, log_every)
         ours_runs.append(mine["samples_per_s"])
         base_runs.append(theirs["samples_per_s"])
         ours_mem.append(mine["peak_memory_mib"])
@@ -149,7 +150,7 @@ def run(options: BenchOptions) -> list[StageResult]:
             peak_memory_mib_ours=max(ours_mem),
             peak_memory_mib_baseline=max(base_mem),
             peak_memory_kind="torch.cuda.max_memory_allocated" if cuda_available() else "peak RSS of the process",
-            resolution=32 if options.quick else 64,
+            resolution=resolution,
             batch_size=16,
             measured_steps=measured,
         )  # fmt: skip

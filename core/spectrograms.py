@@ -99,11 +99,11 @@ def _transform(settings_json: str) -> MelTransform:
 
 def _compute_chunk(names: list[str], sources: list, settings_json: str) -> tuple[np.ndarray, list[str]]:
     """Decode and transform some clips: (spectrograms, error per clip); a failed clip gets zeros and its error."""
-    settings = MelSettings.from_json(settings_json)
-    spectrograms = np.zeros((len(names), settings.resolution, settings.resolution), np.float32)
-    errors = [""] * len(names)
-    with _single_threaded():
+    with _single_threaded():  # the transform's construction runs torch too
         transform = _transform(settings_json)
+        settings = transform.settings
+        spectrograms = np.zeros((len(names), settings.resolution, settings.resolution), np.float32)
+        errors = [""] * len(names)
         for index, (name, source) in enumerate(zip(names, sources)):
             try:
                 samples = decode_audio(source, settings.sample_rate, settings.clip_seconds, name=name)

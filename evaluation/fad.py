@@ -1,13 +1,13 @@
-"""Frechet Audio Distance through the `frechet_audio_distance` package, with cached reference statistics.
+"""Frechet Audio Distance through the `frechet_audio_distance` package, with cached reference embeddings.
 
-The package's model (VGGish, PANN, CLAP or EnCodec), its `get_embeddings` and `calculate_embd_statistics`
-do the work; the distance is `evaluation.metrics.embedding_frechet_distance` (the package's formula,
-computed from the embeddings: for 100 clips of PANN's 2048-d, 0.01 s instead of scipy sqrtm's 8.8 s on 2 cores).
+The package's model (VGGish, PANN, CLAP or EnCodec) and its `get_embeddings` do the work; the distance is
+`evaluation.metrics.embedding_frechet_distance` (the package's formula, computed from the embeddings:
+for 100 clips of PANN's 2048-d, 0.01 s instead of scipy sqrtm's 8.8 s on 2 cores).
 
 Added here: clips come from a table (a generated manifest or the reference split) and are decoded at
 exactly 5.0 s at the model's rate; every clip must be embedded (the package prints and skips clips it
 fails on; here that is an error); PANN's per-clip vectors stay rows (the package's `score()` flattens
-them into one 1-D array); the reference's embeddings and statistics are cached on disk under a key of
+them into one 1-D array); the reference's embeddings are cached on disk under a key of
 (reference clips, model and weights, sample rate, clip length), so scoring many generated sets never
 re-embeds the reference; PANN runs on whole batches (the package runs it clip by clip), falling back
 to clip by clip only to name a clip that fails.
