@@ -251,7 +251,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     weights.add_argument("--clap-checkpoint", default="630k-audioset", help="name in --ckpt-dir or a .pt path")
     weights.add_argument("--clap-template", default=EvalOptions.clap_template)
     weights.add_argument("--device", default="", help="cpu, cuda... (default: CUDA when present)")
-    weights.add_argument("--cache-dir", default=".cache/evaluation", help="reference statistics, trained scorer")
+    weights.add_argument("--cache-dir", default=".cache/evaluation", help="reference embeddings, trained scorer")
     tracking = parser.add_argument_group("MLflow")
     tracking.add_argument("--no-mlflow", action="store_true")
     tracking.add_argument("--tracking-uri", default="", help="default: MLFLOW_TRACKING_URI, else ./mlflow.db")

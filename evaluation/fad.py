@@ -258,7 +258,7 @@ def weights_digest(model: Any) -> str:
 
 
 @dataclass
-class ReferenceStatistics:
+class ReferenceEmbeddings:
     embeddings: np.ndarray  # what every distance is computed from (evaluation.metrics.embedding_frechet_distance)
     owners: np.ndarray  # clip index of each embedding row
     targets: np.ndarray  # class of each clip
@@ -271,20 +271,20 @@ def reference_cache_key(model: FadModel, reference: pd.DataFrame, seconds: float
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
 
 
-def reference_statistics(
+def reference_embeddings(
     model: FadModel,
     reference: pd.DataFrame,
     cache_dir: str | os.PathLike,
     seconds: float = CLIP_SECONDS,
     show_progress: bool = True,
-) -> ReferenceStatistics:
+) -> ReferenceEmbeddings:
     """Embeddings of the reference set: from the cache, or computed and cached."""
     key = reference_cache_key(model, reference, seconds)
     path = Path(cache_dir) / "fad" / f"{model.name}-{model.sample_rate}-{key}.npz"
     if path.is_file():
         try:
             with np.load(path) as stored:
-                return ReferenceStatistics(
+                return ReferenceEmbeddings(
                     stored["embeddings"], stored["owners"], stored["targets"], path, from_cache=True
                 )
         except Exception as error:  # damaged file: recompute
@@ -297,11 +297,11 @@ def reference_statistics(
     with os.fdopen(handle, "wb") as stream:
         np.savez(stream, embeddings=embeddings, owners=owners, targets=targets)
     os.replace(temporary, path)
-    return ReferenceStatistics(embeddings, owners, targets, path, from_cache=False)
+    return ReferenceEmbeddings(embeddings, owners, targets, path, from_cache=False)
 
 
 def per_class_distances(
-    model: FadModel, reference: ReferenceStatistics, embeddings: np.ndarray, owners: np.ndarray, targets: np.ndarray,
+    model: FadModel, reference: ReferenceEmbeddings, embeddings: np.ndarray, owners: np.ndarray, targets: np.ndarray,
     min_clips: int,
 ) -> dict[int, float]:  # fmt: skip
     """FAD per class, for the classes with at least `min_clips` clips on both sides."""

@@ -1,6 +1,6 @@
 """Scoring one set of clips against the reference with the chosen metric groups (fad, clap, esc).
 
-An `Evaluator` holds what is expensive to build (the FAD model with the reference statistics, the
+An `Evaluator` holds what is expensive to build (the FAD model with the reference embeddings, the
 CLAP classifier, the offline scorer) and scores any number of clip tables with it: the generated
 clips and the real held-out clips (the "real data" row) go through exactly the same code.
 """
@@ -115,7 +115,7 @@ class Evaluator:
         return self.options.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     def prepare(self) -> Evaluator:
-        """Load (or train) every model and the reference statistics now: missing weights fail before any work.
+        """Load (or train) every model and the reference embeddings now: missing weights fail before any work.
 
         With `optional_metrics`, a group whose weights are missing is dropped with a warning instead.
         """
@@ -135,12 +135,12 @@ class Evaluator:
     def _prepare_fad(self) -> None:
         o = self.options
         if self.fad_model is None:
-            from evaluation.fad import load_fad_model, reference_statistics
+            from evaluation.fad import load_fad_model, reference_embeddings
 
             self.fad_model = load_fad_model(
                 o.fad_model, o.fad_sample_rate, o.ckpt_dir, o.clap_checkpoint, o.allow_download
             )
-            self.fad_reference = reference_statistics(
+            self.fad_reference = reference_embeddings(
                 self.fad_model, self.split.reference, self.cache_dir, o.clip_seconds, self.show_progress
             )
 

@@ -136,10 +136,12 @@ def test_fast_16_bit_paths_give_libsndfiles_float_samples(tmp_path, esc50_mini, 
         soundfile.write(path, samples, rate, subtype=subtype, format=fmt)
         np.testing.assert_array_equal(decode_audio(path, 22050, 5.0), _libsndfile_float_decode(path))
         np.testing.assert_array_equal(decode_audio(path.read_bytes(), 22050, 5.0), _libsndfile_float_decode(path))
-        fast = _read_16_bit_flac(path)
-        assert (fast is not None) == (fmt == "FLAC" and subtype == "PCM_16"), (fmt, subtype)
-        if fast is not None:
-            assert fast[0].shape == (len(real), channels) and fast[1] == rate
+        for source in (path, path.read_bytes()):
+            fast = _read_16_bit_flac(source)
+            assert (fast is not None) == (fmt == "FLAC" and subtype == "PCM_16"), (fmt, subtype)
+            if fast is not None:  # every channel, before any mixing: exactly libsndfile's float samples
+                np.testing.assert_array_equal(fast[0], soundfile.read(path, dtype="float32", always_2d=True)[0])
+                assert fast[0].dtype == np.float32 and fast[1] == rate
 
 
 def test_flac_that_dr_flac_decodes_only_in_part_is_rejected_by_libsndfile(tmp_path, esc50_mini) -> None:

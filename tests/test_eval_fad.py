@@ -20,7 +20,7 @@ from evaluation.fad import (
     load_fad_model,
     per_class_distances,
     reference_cache_key,
-    reference_statistics,
+    reference_embeddings,
 )
 
 SECONDS = 1.0  # short clips keep the CPU tests fast; the tool's default is 5.0 s
@@ -73,7 +73,7 @@ def test_pann_fad_through_the_package_is_zero_for_the_same_set_and_grows_with_no
     model = load_fad_model("pann", ckpt_dir=ckpt_dir)
     assert model.metric == "fad_pann" and model.sample_rate == 16000
     reference = tone_clips(tmp_path / "reference", 16000, noise=0.0)
-    stats = reference_statistics(model, reference, tmp_path / "cache", SECONDS, show_progress=False)
+    stats = reference_embeddings(model, reference, tmp_path / "cache", SECONDS, show_progress=False)
     assert stats.embeddings.shape == (4, 2048)  # one 2048-d row per clip, not the package's flattened 1-D array
 
     distances = []
@@ -90,7 +90,7 @@ def test_our_fad_equals_the_packages_own_score_on_the_same_files(ckpt_dir, tmp_p
     model = load_fad_model("encodec", ckpt_dir=ckpt_dir)
     reference = tone_clips(tmp_path / "background", 24000, noise=0.0)
     generated = tone_clips(tmp_path / "eval", 24000, noise=0.2)
-    stats = reference_statistics(model, reference, tmp_path / "cache", SECONDS, show_progress=False)
+    stats = reference_embeddings(model, reference, tmp_path / "cache", SECONDS, show_progress=False)
     embeddings, owners = model.embed(generated, SECONDS, False)
     assert len(embeddings) == 4 * 75 and set(owners) == set(range(4))  # EnCodec: 75 frames per second, all clips
     ours = model.distance(stats.embeddings, embeddings)
@@ -105,12 +105,12 @@ def test_our_fad_equals_the_packages_own_score_on_the_same_files(ckpt_dir, tmp_p
     assert list(per_class) == [0] and per_class[0] > 0
 
 
-def test_reference_statistics_are_cached_and_the_key_follows_reference_and_model(ckpt_dir, tmp_path):
+def test_reference_embeddings_are_cached_and_the_key_follows_reference_and_model(ckpt_dir, tmp_path):
     cache = tmp_path / "cache"
     model = load_fad_model("encodec", ckpt_dir=ckpt_dir)
     reference = tone_clips(tmp_path / "reference", 24000, noise=0.0)
-    first = reference_statistics(model, reference, cache, SECONDS, show_progress=False)
-    second = reference_statistics(model, reference, cache, SECONDS, show_progress=False)
+    first = reference_embeddings(model, reference, cache, SECONDS, show_progress=False)
+    second = reference_embeddings(model, reference, cache, SECONDS, show_progress=False)
     assert not first.from_cache and second.from_cache and first.path == second.path
     np.testing.assert_array_equal(first.embeddings, second.embeddings)
 
@@ -119,7 +119,7 @@ def test_reference_statistics_are_cached_and_the_key_follows_reference_and_model
     soundfile.write(reference["source"][0], np.zeros(24000, np.float32) + 0.1, 24000)  # a file rewritten
     assert reference_cache_key(model, reference, SECONDS) != key
     assert reference_cache_key(model, reference, 5.0) != reference_cache_key(model, reference, SECONDS)
-    third = reference_statistics(model, reference, cache, SECONDS, show_progress=False)
+    third = reference_embeddings(model, reference, cache, SECONDS, show_progress=False)
     assert not third.from_cache and not np.allclose(third.embeddings, first.embeddings)
 
     other_weights = tmp_path / "other-weights"
@@ -128,7 +128,7 @@ def test_reference_statistics_are_cached_and_the_key_follows_reference_and_model
     assert reference_cache_key(retrained, reference, SECONDS) != reference_cache_key(model, reference, SECONDS)
 
     third.path.write_bytes(b"not an npz file")  # a damaged cache entry is recomputed, not trusted
-    assert not reference_statistics(model, reference, cache, SECONDS, show_progress=False).from_cache
+    assert not reference_embeddings(model, reference, cache, SECONDS, show_progress=False).from_cache
 
 
 def test_a_clip_the_package_fails_to_embed_stops_the_score(ckpt_dir, tmp_path):
