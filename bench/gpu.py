@@ -34,7 +34,7 @@ def peak_tflops(name: str) -> tuple[float, float] | None:
     return None
 
 
-def _model(channels_last: bool):
+def _model(channels_last: bool, device: str):
     import torch
 
     from core.config import load_config
@@ -42,31 +42,36 @@ def _model(channels_last: bool):
 
     config_path = Path(__file__).resolve().parent.parent / "configs" / "esc50_64.yaml"
     config = load_config(config_path, ["output_dir=unused"])
-    unet = build_unet(config.model, config.data.resolution).cuda()
+    unet = build_unet(config.model, config.data.resolution).to(device)
     if channels_last:
         unet = unet.to(memory_format=torch.channels_last)
     return unet, config
 
 
-def measure(mode: str, batch: int, steps: int, compile_model: bool = False) -> dict:
-    """Training and sampling throughput of the experiment UNet in `mode` (fp32 | bf16 | bf16+channels_last)."""
+def measure(mode: str, batch: int, steps: int, compile_model: bool = False, device: str = "cuda") -> dict:
+    """Training and sampling throughput of the experiment UNet in `mode` (fp32 | bf16 | bf16+channels_last).
+
+    `device="cpu"` runs the same code without the GPU's memory figures: what the tests exercise.
+    """
     import torch
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
+    on_gpu = device.startswith("cuda")
     channels_last = mode.endswith("channels_last")
     dtype = torch.bfloat16 if mode.startswith("bf16") else torch.float32
-    unet, config = _model(channels_last)
+    unet, config = _model(channels_last, device)
     forward = torch.compile(unet) if compile_model else unet
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
     size = config.data.resolution
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    images = torch.randn(batch, 1, size, size, device="cuda").to(memory_format=memory_format)
-    labels = torch.randint(0, 50, (batch,), device="cuda")
-    timesteps = torch.randint(0, 1000, (batch,), device="cuda")
+    images = torch.randn(batch, 1, size, size, device=device).to(memory_format=memory_format)
+    labels = torch.randint(0, 50, (batch,), device=device)
+    timesteps = torch.randint(0, 1000, (batch,), device=device)
+    synchronize = torch.cuda.synchronize if on_gpu else lambda: None
 
     def train_step():
-        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+        with torch.autocast(unet.device.type, dtype=dtype, enabled=dtype != torch.float32):
             loss = F.mse_loss(forward(images, timesteps, class_labels=labels).sample.float(), images.float())
         loss.backward()
         optimizer.step()
@@ -74,7 +79,7 @@ def measure(mode: str, batch: int, steps: int, compile_model: bool = False) -> d
 
     @torch.inference_mode()
     def sample_step():
-        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+        with torch.autocast(unet.device.type, dtype=dtype, enabled=dtype != torch.float32):
             forward(images, timesteps, class_labels=labels)
 
     results = {"mode": mode + ("+compile" if compile_model else ""), "batch": batch}
@@ -86,19 +91,20 @@ def measure(mode: str, batch: int, steps: int, compile_model: bool = False) -> d
         flops = counter.get_total_flops()
         for _ in range(3):  # warm-up (and compilation)
             step()
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+        synchronize()
+        if on_gpu:
+            torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
         for _ in range(steps):
             step()
-        torch.cuda.synchronize()
+        synchronize()
         seconds = time.perf_counter() - started
         achieved = flops * steps / seconds
-        peaks = peak_tflops(torch.cuda.get_device_name(0))
+        peaks = peak_tflops(torch.cuda.get_device_name(0)) if on_gpu else None
         peak = (peaks[1] if dtype == torch.bfloat16 else peaks[0]) * 1e12 if peaks else None
         results[name] = {
             "samples_per_s": batch * steps / seconds,
-            "peak_memory_mib": torch.cuda.max_memory_allocated() / 2**20,
+            "peak_memory_mib": torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None,
             "tflops_per_s": achieved / 1e12,
             "mfu": achieved / peak if peak else None,
         }
@@ -135,10 +141,14 @@ def format_gpu_table(report: dict) -> str:
         train, sample = row["train"], row["sample"]
         lines.append(
             f"{row['mode']:<26} {train['samples_per_s']:>9.1f} {_pct(train['mfu']):>6} "
-            f"{train['peak_memory_mib']:>8.0f} {sample['samples_per_s']:>9.1f} {_pct(sample['mfu']):>6}"
+            f"{_mib(train['peak_memory_mib']):>8} {sample['samples_per_s']:>9.1f} {_pct(sample['mfu']):>6}"
         )
     return "\n".join(lines)
 
 
 def _pct(value: float | None) -> str:
     return f"{100 * value:.1f}%" if value is not None else "n/a"
+
+
+def _mib(value: float | None) -> str:
+    return f"{value:.0f}" if value is not None else "n/a"

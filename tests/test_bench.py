@@ -55,3 +55,26 @@ def test_bad_stage_and_source_fail_in_one_line(tmp_path: Path, esc50_mini: Path)
         )  # fmt: skip
         assert completed.returncode == 2, completed.stderr
         assert completed.stderr.count("\n") == 1 and culprit in completed.stderr, completed.stderr
+
+
+@pytest.mark.timeout(300)
+def test_gpu_study_code_runs_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench/gpu.py's measurement (modes, FLOP count, MFU, table) on the CPU: only CUDA's own calls are left out.
+
+    The GPU figures themselves need a GPU; this catches everything else before one is lent.
+    """
+    from bench.gpu import PEAK_ENV, format_gpu_table, measure, peak_tflops
+
+    monkeypatch.delenv(PEAK_ENV, raising=False)
+    rows = [measure(mode, batch=2, steps=1, device="cpu") for mode in ("fp32", "bf16+channels_last")]
+    for row in rows:
+        assert 15 < row["parameters_m"] < 30, row  # the ~20M-parameter experiment UNet the issue names
+        for step in ("train", "sample"):
+            assert row[step]["samples_per_s"] > 0 and row[step]["tflops_per_s"] > 0, row
+            assert row[step]["mfu"] is None and row[step]["peak_memory_mib"] is None, row  # no GPU, no peak
+        # A training step (forward + backward) costs more FLOPs than a forward pass: about 3x.
+        assert 2 < row["train"]["tflops_per_s"] / row["train"]["samples_per_s"] / (
+            row["sample"]["tflops_per_s"] / row["sample"]["samples_per_s"]) < 4, row  # fmt: skip
+    table = format_gpu_table({"gpu": "cpu", "modes": [*rows, {"mode": "bf16+compile", "error": "no compiler"}]})
+    assert "fp32" in table and "bf16+channels_last" in table and "failed: no compiler" in table
+    assert peak_tflops("NVIDIA H200") == (67.0, 989.0) and peak_tflops("some other card") is None
