@@ -14,7 +14,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from core.config import load_config
+from core.config import load_config, sample_seed
 from core.errors import UserError, exit_on_user_error
 from core.esc50 import is_esc50_folder
 
@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-class", type=int, default=2, help="generated clips per class (default 2)")
     args = parser.parse_args(argv)
 
-    from evaluation.evaluate import score_generated
-    from evaluation.table import markdown
+    from evaluation.evaluate import EvaluationRequest, evaluate
+    from evaluation.scoring import EvalOptions
     from training.generate import GenerationRequest, generate
     from training.train import train
 
@@ -80,16 +80,27 @@ def main(argv: list[str] | None = None) -> None:
     # Stochastic DDPM sampling: on a model this small and briefly trained, deterministic DDIM
     # drifts to the average spectrogram (seen here: a third of the real data's spread).
     request = GenerationRequest(
-        model=str(result.model_dir), out=str(generated), per_class=args.per_class, scheduler="ddpm", steps=100
+        model=str(result.model_dir),
+        out=str(generated),
+        per_class=args.per_class,
+        scheduler="ddpm",
+        steps=100,
+        seed=sample_seed(config),
     )
     generate(request)
-    print("\n== 3/3 scoring against the real clips (offline scorer; VGGish/CLAP need their weights)")
-    metrics = score_generated(
-        generated, source, ["esc", "fad", "clap"], optional_metrics=True, real_row=True, run_id=result.run_id
+    print("\n== 3/3 scoring against real clips the model never heard (offline scorer; VGGish/CLAP need their weights)")
+    outcome = evaluate(
+        EvaluationRequest(
+            generated=str(generated),
+            model=str(result.model_dir),
+            reference=source,
+            metrics=["esc", "fad", "clap"],
+            out=str(run_dir / "evaluation"),
+            run_id=result.run_id,
+            options=EvalOptions(optional_metrics=True),
+        )
     )
-    real = {name.removeprefix("real_"): value for name, value in metrics.items() if name.startswith("real_")}
-    generated_only = {name: value for name, value in metrics.items() if not name.startswith("real_")}
-    print("\n" + markdown({"real held-out clips (ceiling)": real, "tiny demo model": generated_only}))
+    print(f"tables, protocol and figures: {outcome.out_dir}")
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO / 'mlflow.db'}"
     print(f"\nMLflow run {result.run_id}: open the UI with\n  .venv/bin/mlflow ui --backend-store-uri {uri}")
     print("  then http://127.0.0.1:5000 -> experiment 'esc50-tiny' (samples: Artifacts -> samples/)")

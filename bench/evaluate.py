@@ -65,7 +65,7 @@ def prepare_folders(source: str, root: Path, classes: int, generated_clips: int)
     would put the distance near 0, where relative differences say nothing."""
     from core.audio import write_wav_atomic
     from core.esc50 import read_clips
-    from evaluation.clips import split_reference
+    from evaluation.protocol import split_reference
 
     clips = read_clips(source)
     clips = clips[clips["target"] < classes].sort_values(["target", "filename"]).reset_index(drop=True)
@@ -94,7 +94,7 @@ def prepare_folders(source: str, root: Path, classes: int, generated_clips: int)
     flat = {"background": root / "flat-reference", "eval": root / "flat-generated"}
     for folder in flat.values():
         folder.mkdir()
-    for path in split_reference(str(reference_dir)).reference["source"]:  # ours' reference set, exactly
+    for path in split_reference(str(reference_dir), trained_on=[]).reference["source"]:  # ours' reference set
         os.symlink(path, flat["background"] / Path(path).name)
     for row in rows:
         os.symlink(generated_dir / row["file"], flat["eval"] / row["file"].replace("/", "-"))
@@ -110,6 +110,9 @@ def ours(folders: dict, ckpt_dir: str, cache_dir: str) -> dict:
         metrics = score_generated(
             folders["generated"], folders["reference"], ["fad"], cache_dir=cache_dir, show_progress=False,
             fad_model="pann", fad_sample_rate=PANN_RATE, ckpt_dir=ckpt_dir,
+            # The package's own treatment, to compare like with like: clips as decoded at PANN's rate, no
+            # intervals (the protocol's peak normalization and bootstrap are measured apart, not here).
+            sample_rate=PANN_RATE, peak=0, bootstrap=0, trained_on=[],
         )  # fmt: skip
     return {"seconds": watch.seconds, "fad": metrics["fad_pann"]}
 

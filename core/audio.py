@@ -21,6 +21,7 @@ import soundfile
 import torch
 
 from core.errors import UserError
+from core.rng import seeded
 
 
 class BadAudioError(UserError):
@@ -231,10 +232,9 @@ class MelTransform:
             length=s.clip_samples,
             rand_init=True,
         ).to(device)
-        # Griffin-Lim starts from random phase: seed it without disturbing the caller's RNG
-        # (training samples mid-run and must stay bit-for-bit resumable).
-        with torch.random.fork_rng(devices=[]), torch.inference_mode():
-            torch.manual_seed(seed)
+        # Griffin-Lim starts from random phase (drawn on `device`): seed that one generator and restore it,
+        # leaving every other stream alone (training samples mid-run and must stay bit-for-bit resumable).
+        with seeded(seed, device), torch.inference_mode():
             clips = griffin_lim(linear_power)
         peak = clips.abs().amax(dim=-1, keepdim=True).clamp_min(1e-8)
         clips = (clips / peak * 0.9).cpu().numpy()  # the spectrogram carries no absolute loudness

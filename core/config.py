@@ -30,6 +30,9 @@ class DataConfig:
     source: str = DEFAULT_SOURCE  # ESC-50 folder (audio/ + meta/esc50.csv) or a hub dataset id
     hub_split: str = "train"  # split to read when `source` is a hub dataset id
     folds: list[int] = field(default_factory=list)  # folds to train on; empty = every fold
+    # Per class, the last N recordings (every take) are kept out of training, for evaluation: the real
+    # clips a model never heard, when the folds cannot provide them (esc50-mini is nearly all fold 4).
+    holdout_recordings: int = 0
     sample_rate: int = 22050
     clip_seconds: float = 5.0
     resolution: int = 64  # mel bins = time frames = resolution; the frames span the whole clip
@@ -85,6 +88,11 @@ class SampleConfig:
     guidance_scale: float = 1.0  # 1.0 = plain conditional sampling, as in the study
     batch_size: int = 32
     griffin_lim_iters: int = 32
+    # How the sampler clips its estimate of the clean spectrogram at each step: `data_range` ([-1, 1]
+    # with data.normalize, [0, 1] without), `legacy` ([-1, 1] whatever the range: models saved before
+    # this key existed) or `none` (only the final clamp).
+    clip: str = "data_range"
+    seed: int = -1  # generation seed of training's samples and of sweeps' clips; -1 = derived from `seed`
 
 
 @dataclass
@@ -213,6 +221,17 @@ def validate(config: Config) -> None:
     _require(sample.steps >= 1, "sample.steps", "must be >= 1")
     _require(sample.batch_size >= 1, "sample.batch_size", "must be >= 1")
     _require(sample.griffin_lim_iters >= 1, "sample.griffin_lim_iters", "must be >= 1")
+    _require(sample.clip in SAMPLE_CLIPS, "sample.clip", f"'{sample.clip}' is not one of {', '.join(SAMPLE_CLIPS)}")
+    _require(sample.seed >= -1, "sample.seed", "must be >= 0, or -1 (derived from seed)")
+    _require(data.holdout_recordings >= 0, "data.holdout_recordings", "must be >= 0")
+
+
+SAMPLE_CLIPS = ("data_range", "legacy", "none")
+
+
+def sample_seed(config: Config) -> int:
+    """The generation seed: `sample.seed`, or one derived from the training seed (never equal to it)."""
+    return config.sample.seed if config.sample.seed >= 0 else 1_000_003 + config.seed
 
 
 def to_dict(config: Config) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 Folder layout (written by training, read by generation, evaluation and sweeps):
     unet/        diffusers `save_pretrained` (config.json + safetensors weights)
     scheduler/   the training noise schedule (DDPM config; DDIM reads the same)
-    audio.json   mel settings, normalization, class names, guidance support, MLflow run id
+    audio.json   mel settings, normalization, class names, guidance support, MLflow run id, how the
+                 sampler clips (`sample_clip`) and which real clips it trained on (`training`)
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class DiffusionModel:
     categories: list[str] = field(default_factory=lambda: list(ESC50_CATEGORIES))
     null_class: int | None = None  # the label trained as "no class" (classifier-free guidance)
     mlflow_run_id: str = ""
+    sample_clip: str = "data_range"  # data_range | legacy | none (config key sample.clip)
+    training: dict | None = None  # core.spectrograms.training_record: None for models saved before it existed
 
     def save(self, folder: str | os.PathLike) -> None:
         """Write under a temporary name, then swap it in: a reader never sees half a model."""
@@ -50,6 +53,8 @@ class DiffusionModel:
                 "categories": self.categories,
                 "null_class": self.null_class,
                 "mlflow_run_id": self.mlflow_run_id,
+                "sample_clip": self.sample_clip,
+                "training": self.training,
             }
             (staging / MODEL_MANIFEST).write_text(json.dumps(manifest, indent=2))
             if folder.exists():
@@ -86,7 +91,15 @@ class DiffusionModel:
             categories=manifest["categories"],
             null_class=manifest.get("null_class"),
             mlflow_run_id=manifest.get("mlflow_run_id", ""),
+            # Saved before the key existed: the scheduler's own clipping to [-1, 1], as they were sampled then.
+            sample_clip=manifest.get("sample_clip", "legacy"),
+            training=manifest.get("training"),
         )
+
+    @property
+    def data_range(self) -> tuple[float, float]:
+        """The range of the spectrograms the model was trained on, in its own units."""
+        return (-1.0, 1.0) if self.normalize else (0.0, 1.0)
 
 
 def resolve_model_folder(model: str) -> Path:
@@ -108,11 +121,29 @@ def resolve_model_folder(model: str) -> Path:
     raise UserError(f"no model at {model}: give a training output_dir, a saved model folder or an MLflow URI")
 
 
-def make_scheduler(noise_schedule: dict, name: str, steps: int) -> DDPMScheduler | DDIMScheduler:
+def make_scheduler(noise_schedule: dict, name: str, steps: int, clip: str = "legacy") -> DDPMScheduler | DDIMScheduler:
+    """The sampler; with `clip` other than `legacy` its own clipping is off (`clip_to_data_range` does it)."""
     scheduler_class = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}[name]
-    scheduler = scheduler_class.from_config(noise_schedule)
+    overrides = {} if clip == "legacy" else {"clip_sample": False}
+    scheduler = scheduler_class.from_config(noise_schedule, **overrides)
     scheduler.set_timesteps(steps)
     return scheduler
+
+
+def clip_to_data_range(
+    noise: torch.Tensor, images: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor, low: float, high: float
+) -> torch.Tensor:
+    """The noise prediction whose clean-spectrogram estimate is clipped to [low, high].
+
+    diffusers' samplers clip x0 to a symmetric [-r, r]; a model trained on [0, 1] (data.normalize=false)
+    needs [0, 1], or x0 may wander to -1, which the data never reaches. x0 = (x_t - sqrt(1-a) eps) / sqrt(a)
+    is clipped, and the noise is re-derived from it: a sampler stepping with that noise steps from the
+    clipped x0, in both normalization modes alike.
+    """
+    alpha_bar = alphas_cumprod.to(images.device)[t].to(torch.float32)
+    signal, noise_level = alpha_bar.sqrt(), (1.0 - alpha_bar).sqrt()
+    x0 = ((images.float() - noise_level * noise.float()) / signal).clamp(low, high)
+    return ((images.float() - signal * x0) / noise_level).to(noise.dtype)
 
 
 @torch.inference_mode()
@@ -125,8 +156,12 @@ def sample_spectrograms(
     batch_size: int = 32,
     seed: int = 0,
     show_progress: bool = False,
+    clip: str = "",
 ) -> torch.Tensor:
-    """Spectrograms in [0, 1], shape (len(labels), R, R), one per requested class label."""
+    """Spectrograms in [0, 1], shape (len(labels), R, R), one per requested class label.
+
+    `clip` ("" = the model's own `sample_clip`) is how x0 is clipped at each step (config key sample.clip).
+    """
     from core.spectrograms import from_model_range
 
     if guidance_scale != 1.0 and model.null_class is None:
@@ -137,13 +172,16 @@ def sample_spectrograms(
     generator = torch.Generator(device="cpu").manual_seed(seed)
     outputs = []
     batches = range(0, len(labels), batch_size)
+    clip = clip or model.sample_clip
     for start in tqdm(batches, desc="sampling", disable=not show_progress):
         batch_labels = torch.tensor(labels[start : start + batch_size], device=device)
-        scheduler = make_scheduler(model.noise_schedule, scheduler_name, steps)
+        scheduler = make_scheduler(model.noise_schedule, scheduler_name, steps, clip)
         noise = torch.randn((len(batch_labels), 1, size, size), generator=generator)
         images = noise.to(device=device, dtype=unet.dtype)
         for t in scheduler.timesteps:
             prediction = _predict_noise(unet, images, t, batch_labels, guidance_scale, model.null_class)
+            if clip == "data_range":
+                prediction = clip_to_data_range(prediction, images, t, scheduler.alphas_cumprod, *model.data_range)
             images = scheduler.step(prediction, t, images, generator=generator).prev_sample
         outputs.append(from_model_range(images.float(), model.normalize)[:, 0].cpu())
     return torch.cat(outputs)

@@ -33,6 +33,7 @@ from core.audio import BadAudioError, MelSettings, MelTransform, decode_audio
 from core.config import DataConfig
 from core.errors import UserError
 from core.esc50 import is_local_source, read_clips, unlisted_audio_files
+from core.splits import clip_set_digest, last_recordings
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1  # bump when the stored layout or the transform changes
@@ -226,6 +227,39 @@ def select_folds(table: datasets.Dataset, folds: list[int] | tuple[int, ...]) ->
     selected = table.filter(lambda fold: fold in set(folds), input_columns="fold")
     if len(selected) == 0:
         raise UserError(f"no clips are in folds {list(folds)} (data.folds)")
+    return selected
+
+
+def training_clips(data: DataConfig) -> pd.DataFrame:
+    """The clips a model with this data config trains on: `data.folds`, less `data.holdout_recordings`."""
+    clips = read_clips(data.source, folds=data.folds, hub_split=data.hub_split)
+    held = last_recordings(clips, data.holdout_recordings)
+    return clips[~held].reset_index(drop=True)
+
+
+def training_record(data: DataConfig, clips: pd.DataFrame) -> dict:
+    """What the model trained on, saved with it: evaluation keeps these clips (by recording) out of its reference."""
+    names = [str(name) for name in clips["filename"]]
+    return {
+        "source": source_identity(data.source),
+        "folds": list(data.folds),
+        "holdout_recordings": data.holdout_recordings,
+        "clips": len(names),
+        "digest": clip_set_digest(names),
+        "filenames": names,
+    }
+
+
+def source_identity(source: str) -> str:
+    return os.path.abspath(os.path.expanduser(source)) if is_local_source(source) else source
+
+
+def select_clips(table: datasets.Dataset, filenames: list[str]) -> datasets.Dataset:
+    """The rows of the cached table whose clip is one of `filenames`."""
+    wanted = set(filenames)
+    selected = table.filter(lambda name: name in wanted, input_columns="filename")
+    if len(selected) == 0:
+        raise UserError("no cached clips are among the training clips (data.folds, data.holdout_recordings)")
     return selected
 
 

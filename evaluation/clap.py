@@ -19,6 +19,7 @@ import pandas as pd
 from core.errors import UserError
 from core.esc50 import ESC50_CATEGORIES
 from evaluation.clips import CLIP_SECONDS, decoded_batches
+from evaluation.protocol import Preprocessing
 
 CLAP_SAMPLE_RATE = 48000
 DEFAULT_TEMPLATE = "This is a sound of {category}."
@@ -103,11 +104,17 @@ class ZeroShotClassifier:
         self.text_embeddings = _unit_rows(model.get_text_embedding(self.prompts))
 
     def scores(
-        self, clips: pd.DataFrame, seconds: float = CLIP_SECONDS, show_progress: bool = True, desc: str = "CLAP"
+        self,
+        clips: pd.DataFrame,
+        seconds: float = CLIP_SECONDS,
+        show_progress: bool = True,
+        desc: str = "CLAP",
+        preprocessing: Preprocessing | None = None,
     ) -> np.ndarray:
         """(N, 50) similarities of every clip of the table (decoded at 48 kHz, `seconds` long) to each prompt."""
         rows = []
-        for batch in decoded_batches(clips, CLAP_SAMPLE_RATE, self.batch_size, seconds, desc, show_progress):
+        batches = decoded_batches(clips, CLAP_SAMPLE_RATE, self.batch_size, seconds, desc, show_progress, preprocessing)
+        for batch in batches:
             audio = self.model.get_audio_embedding_from_data(x=batch, use_tensor=False)  # it quantizes as LAION's
             rows.append(_unit_rows(audio) @ self.text_embeddings.T)
         return np.concatenate(rows)

@@ -1,4 +1,4 @@
-"""The clips being scored: a generated folder's manifest, the reference split, and decoding at equal length.
+"""The clips being scored: a generated folder's manifest, and decoding at equal length and treatment.
 
 Every clip table here has the columns `filename, target, category, source` (`source` = a path or the
 audio bytes of a hub dataset). Decoding never drops a clip: any unreadable file stops the scoring with
@@ -10,18 +10,19 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from core.audio import BadAudioError, decode_audio
+from core.audio import BadAudioError, decode_audio, fix_length
 from core.errors import UserError
-from core.esc50 import ESC50_CATEGORIES, is_local_source, read_clips
+from core.esc50 import ESC50_CATEGORIES
+from evaluation.protocol import Preprocessing
 
 MANIFEST = "manifest.csv"
+GENERATION_RECORD = "generation.json"  # beside the manifest: what made the clips (model, settings, training record)
 CLIP_SECONDS = 5.0  # every clip is compared at ESC-50's length
 
 
@@ -62,46 +63,6 @@ def read_manifest(generated_dir: str | os.PathLike) -> pd.DataFrame:
     return table[["filename", "target", "category", "source"]].reset_index(drop=True)
 
 
-@dataclass
-class ReferenceSplit:
-    """Real clips: `reference` is what every row is compared with (and what the offline scorer trains on);
-    `held_out` are real clips outside it, scored like generated ones to give the "real data" row."""
-
-    source: str
-    reference: pd.DataFrame
-    held_out: pd.DataFrame
-    how: str  # how `held_out` was chosen, for the logs and the report
-
-
-def split_reference(source: str, folds: list[int] | tuple[int, ...] = (), hub_split: str = "train") -> ReferenceSplit:
-    """Reference = the clips of `folds` (every fold when empty); held out = the other folds.
-
-    When the other folds do not hold a clip of every reference class (no folds given, or a small set
-    such as esc50-mini whose clips are nearly all fold 4), the last clip (by file name) of each class
-    is held out of the reference instead: deterministic, and every class keeps the rest of its clips.
-    """
-    clips = _as_clip_table(read_clips(source, hub_split=hub_split))
-    folds = sorted({int(f) for f in folds})
-    reference = clips[clips["fold"].isin(folds)] if folds else clips
-    if reference.empty:
-        raise UserError(f"no clips of {source} are in folds {folds} (--reference-folds)")
-    others = clips[~clips["fold"].isin(folds)] if folds else clips.iloc[0:0]
-    if not others.empty and set(reference["target"]) <= set(others["target"]):
-        return ReferenceSplit(source, reference.reset_index(drop=True), others.reset_index(drop=True), "other folds")
-    held = reference.sort_values("filename").groupby("target").tail(1)
-    if len(held) == len(reference):
-        raise UserError(f"{source} has one clip per class in folds {folds or 'all'}: nothing left to hold out")
-    reference = reference.drop(index=held.index)
-    how = "last clip of each class"
-    return ReferenceSplit(source, reference.reset_index(drop=True), held.reset_index(drop=True), how)
-
-
-def _as_clip_table(table: pd.DataFrame) -> pd.DataFrame:
-    table = table.copy()
-    table["source"] = table["path"] if "path" in table.columns else table["audio_bytes"]
-    return table[["filename", "fold", "target", "category", "source"]]
-
-
 def fingerprint(clips: pd.DataFrame) -> str:
     """Identity of a clip set: names, labels and each file's size and modification time (or bytes)."""
     digest = hashlib.sha256()
@@ -115,10 +76,6 @@ def fingerprint(clips: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def source_identity(source: str) -> str:
-    return os.path.abspath(os.path.expanduser(source)) if is_local_source(source) else source
-
-
 def decoded_batches(
     clips: pd.DataFrame,
     sample_rate: int,
@@ -126,8 +83,12 @@ def decoded_batches(
     seconds: float = CLIP_SECONDS,
     desc: str = "decoding",
     show_progress: bool = True,
+    preprocessing: Preprocessing | None = None,
 ) -> Iterator[np.ndarray]:
     """Batches (B, seconds * sample_rate) of mono float32 clips, in table order.
+
+    With `preprocessing`, every clip is decoded at its rate (limiting the bandwidth), scaled to its peak,
+    then resampled to `sample_rate`: real and generated clips reach a metric treated alike.
 
     After the first unreadable clip nothing more is yielded, but every remaining clip is still tried
     so that the error names all of them; the error is raised once the table is exhausted.
@@ -138,7 +99,7 @@ def decoded_batches(
         zip(clips["filename"], clips["source"]), total=len(clips), desc=desc, disable=not show_progress, leave=False
     ):
         try:
-            samples = decode_audio(source, sample_rate, seconds, name=str(name))
+            samples = _decode(source, sample_rate, seconds, str(name), preprocessing)
         except BadAudioError as error:
             failures.append(str(error))
             continue
@@ -153,3 +114,16 @@ def decoded_batches(
         raise UserError(f"{len(failures)} of {len(clips)} clips could not be read (not scoring a partial set): {shown}")
     if batch:
         yield np.stack(batch)
+
+
+def _decode(source, sample_rate: int, seconds: float, name: str, preprocessing: Preprocessing | None) -> np.ndarray:
+    if preprocessing is None:
+        return decode_audio(source, sample_rate, seconds, name=name)
+    samples = decode_audio(source, preprocessing.sample_rate, seconds, name=name)
+    if preprocessing.peak:
+        samples = samples * np.float32(preprocessing.peak / np.abs(samples).max())  # silence is rejected above
+    if preprocessing.sample_rate != sample_rate:
+        import soxr
+
+        samples = soxr.resample(samples, preprocessing.sample_rate, sample_rate, quality="HQ").astype(np.float32)
+    return fix_length(samples, round(sample_rate * seconds))

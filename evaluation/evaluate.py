@@ -9,9 +9,11 @@ Every table has a "real data" row (real held-out clips scored the same way) besi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,12 +21,14 @@ from core.config import DEFAULT_SOURCE
 from core.errors import UserError, exit_on_user_error
 from core.files import write_text_atomic
 from evaluation import table
-from evaluation.clips import read_manifest, split_reference
+from evaluation.clips import GENERATION_RECORD, read_manifest
 from evaluation.fad import CKPT_DIR_ENV, FAD_MODELS
+from evaluation.protocol import check_interval_sizes, split_reference
 from evaluation.scoring import METRIC_GROUPS, EvalOptions, Evaluator, ScoredSet, parse_metric_groups
 
 log = logging.getLogger(__name__)
 REAL_ROW = "real data (held-out)"
+REPRESENTATION_ROW = "real data through mel + Griffin-Lim (representation ceiling)"
 
 
 def score_generated(
@@ -38,21 +42,31 @@ def score_generated(
     show_progress: bool = True,
     **options,
 ) -> dict[str, float]:
-    """Flat metrics (`fad_vggish`, `ca_top1`..., `fd_esc`, `esc_top1`...) of the clips listed in `generated_dir`.
+    """Flat metrics (`fad_vggish`, `ca_top1`..., `fd_esc`, `esc_top1`..., each with `_ci_low/_ci_high`, FDs with
+    `_inf`, `memorization_<group>`) of the clips listed in `generated_dir`, under the protocol of
+    `evaluation.protocol`: the generator's training clips (from `generation.json` beside the manifest, or the
+    `trained_on` option) are never the reference.
 
-    `sample_rate` is the offline scorer's rate; FAD and CLAP resample to their own models' rates.
-    `options` are `EvalOptions` fields (fad_model, ckpt_dir, clap_checkpoint, optional_metrics, ...), and:
-    `real_row=True` adds the real held-out clips' metrics as `real_<name>`; `run_id=ID` logs the result to
-    that MLflow run (no artifacts). `generated_dir=None` scores only the real held-out clips (`score_real`).
+    `sample_rate` is the generator's rate (the bandwidth both sides are limited to; the offline scorer's rate);
+    FAD and CLAP resample to their own models' rates. `options` are `EvalOptions` fields, and: `real_row=True`
+    adds the real held-out clips' metrics as `real_<name>` and, when the generation record names the mel
+    settings, the representation ceiling's as `repr_<name>`; `run_id=ID` logs the result to that MLflow run
+    (no artifacts). `generated_dir=None` scores only the real held-out clips (`score_real`).
     """
     real_row, run_id = bool(options.pop("real_row", False)), str(options.pop("run_id", "") or "")
-    evaluator = _evaluator(reference, metrics, reference_folds, sample_rate, cache_dir, show_progress, options)
-    real = evaluator.score(evaluator.split.held_out, desc="real").metrics if generated_dir is None or real_row else {}
-    if generated_dir is None:
-        result = dict(real)
-    else:
-        result = dict(evaluator.score(read_manifest(generated_dir)).metrics)
-        result.update({f"real_{name}": value for name, value in real.items()})
+    record = read_generation_record(generated_dir) if generated_dir is not None else {}
+    eval_options = _protocol_options(EvalOptions.from_options(options), record)
+    evaluator = build_evaluator(
+        reference, metrics, reference_folds, sample_rate, cache_dir, show_progress, eval_options
+    )
+    with tempfile.TemporaryDirectory(prefix="representation-") as work:
+        if generated_dir is None:
+            real = evaluator.score(evaluator.split.held_out, desc="real").metrics
+            result = dict(real)
+        else:
+            scored = score_sets(evaluator, read_manifest(generated_dir), record if real_row else None, Path(work),
+                                real_row)  # fmt: skip
+            result = flat_metrics(scored)
     if run_id:
         log_evaluation(run_id, result, None, tags=evaluator.describe())
     return result
@@ -61,15 +75,80 @@ def score_generated(
 def score_real(reference: str, metrics: list[str], **options) -> dict[str, float]:
     """The same metrics for the real held-out clips of `reference`: the ceiling for generated clips.
 
-    Takes `score_generated`'s keyword options (`real_row` is ignored; `run_id` logs the result there).
+    Takes `score_generated`'s keyword options (`real_row` is ignored; `run_id` logs the result there); pass
+    `trained_on` (the generator's training clips, `[]` for none of these) or `allow_training_overlap=True`.
     """
     return score_generated(None, reference, metrics, **options)
 
 
-def _evaluator(reference, metrics, folds, sample_rate, cache_dir, show_progress, options) -> Evaluator:
-    eval_options = EvalOptions.from_options(options)
-    split = split_reference(reference, list(folds), eval_options.hub_split)
-    return Evaluator(split, metrics, eval_options, cache_dir, sample_rate, show_progress)
+GENERATED = "generated"
+REAL = "real"
+REPRESENTATION = "representation"
+ROW_PREFIX = {REAL: "real_", REPRESENTATION: "repr_", GENERATED: ""}  # how each row's metrics are logged
+
+
+def score_sets(
+    evaluator: Evaluator, clips, record: dict | None, work_dir: Path, real_row: bool = True
+) -> dict[str, ScoredSet]:
+    """The generated clips, and with `real_row` the real ceiling and (when `record` names the generator's mel
+    settings) the representation ceiling: real held-out clips through mel -> Griffin-Lim, scored alike."""
+    scored = {}
+    if real_row:
+        scored[REAL] = evaluator.score(evaluator.split.held_out, desc="real")
+        if record and record.get("mel"):
+            from core.audio import MelSettings
+            from evaluation.roundtrip import round_trip_clips
+
+            mel = MelSettings(**record["mel"])
+            trip = round_trip_clips(
+                evaluator.split.held_out, mel, int(record.get("griffin_lim_iters", 32)), work_dir, 0,
+                evaluator.show_progress,
+            )  # fmt: skip
+            scored[REPRESENTATION] = evaluator.score(trip, desc="representation")
+    scored[GENERATED] = evaluator.score(clips, desc="generated", memorization=True)
+    return scored
+
+
+def flat_metrics(scored: dict[str, ScoredSet]) -> dict[str, float]:
+    flat = {}
+    for kind, result in scored.items():
+        flat.update({f"{ROW_PREFIX[kind]}{name}": value for name, value in result.metrics.items()})
+    return flat
+
+
+def read_generation_record(folder: str | Path) -> dict:
+    """`generation.json` beside a generated folder's manifest (written by training.generate); {} when absent."""
+    path = Path(folder) / GENERATION_RECORD
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read {path}: {error}") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{path} is not a JSON object")
+    return record
+
+
+def _protocol_options(options: EvalOptions, record: dict) -> EvalOptions:
+    """The generator's training clips from its generation record, unless given."""
+    if options.trained_on is None and isinstance(record.get("training"), dict):
+        training = record["training"]
+        return dataclasses.replace(
+            options, trained_on=list(training.get("filenames", [])), training_source=training.get("source", "")
+        )
+    return options
+
+
+def build_evaluator(
+    reference, metrics, folds, sample_rate, cache_dir, show_progress, options: EvalOptions
+) -> Evaluator:
+    split = split_reference(
+        reference, list(folds), options.hub_split, options.trained_on, options.allow_training_overlap,
+        options.training_source,
+    )  # fmt: skip
+    check_interval_sizes(split, options.bootstrap)
+    return Evaluator(split, metrics, options, cache_dir, sample_rate, show_progress)
 
 
 def log_evaluation(
@@ -109,7 +188,7 @@ class EvaluationRequest:
     out: str = ""  # "" = outputs/evaluation/<name of the generated folder or model>
     json: str = ""
     real_row: bool = True
-    sample_rate: int = 22050
+    sample_rate: int = 22050  # the generator's rate when its record does not say
     cache_dir: str = ".cache/evaluation"
     mlflow: bool = True
     tracking_uri: str = ""
@@ -148,8 +227,15 @@ def evaluate(request: EvaluationRequest, show_progress: bool = True) -> Evaluati
     generated = Path(request.generated) if request.generated else out / "generated"
     must_generate = model_dir is not None and not (generated / "manifest.csv").is_file()
     clips = None if must_generate else read_manifest(generated)  # a bad folder fails before any work
-    split = split_reference(request.reference, request.reference_folds, request.options.hub_split)
-    evaluator = Evaluator(split, groups, request.options, request.cache_dir, request.sample_rate, show_progress)
+    record = model_record(model_dir, request.generation) if must_generate else read_generation_record(generated)
+    if not record and model_dir is not None:
+        record = model_record(model_dir, request.generation)
+    options = _protocol_options(request.options, record)
+    # The protocol is settled (and a leaking or unknown reference refused) before any weights load or clip is made.
+    sample_rate = int((record.get("mel") or {}).get("sample_rate", request.sample_rate))  # the generator's rate
+    evaluator = build_evaluator(
+        request.reference, groups, request.reference_folds, sample_rate, request.cache_dir, show_progress, options
+    )
     evaluator.prepare()  # missing weights fail here, before any generation
     if must_generate:
         from training.generate import GenerationRequest, generate
@@ -157,27 +243,30 @@ def evaluate(request: EvaluationRequest, show_progress: bool = True) -> Evaluati
         generate(GenerationRequest(model=str(model_dir), out=str(generated), **request.generation), show_progress)
         clips = read_manifest(generated)
 
-    scored = {name: evaluator.score(clips, desc="generated")}
-    if request.real_row:
-        scored = {REAL_ROW: evaluator.score(split.held_out, desc="real"), **scored}
-    rows = {label: result.metrics for label, result in scored.items()}
-    flat = dict(scored[name].metrics)
-    if request.real_row:
-        flat.update({f"real_{k}": v for k, v in scored[REAL_ROW].metrics.items()})
-    markdown = write_outputs(out, rows, scored[name], flat, request.json)
+    scored = score_sets(evaluator, clips, record, out / "representation_ceiling", request.real_row)
+    labels = {REAL: REAL_ROW, REPRESENTATION: REPRESENTATION_ROW, GENERATED: name}
+    rows = {labels[kind]: result.metrics for kind, result in scored.items()}
+    flat = flat_metrics(scored)
+    tags = {**evaluator.describe(), "evaluation.clips": str(generated.resolve())}
+    if REPRESENTATION not in scored and request.real_row:
+        tags["evaluation.representation_ceiling"] = "not computed: the generated clips record no mel settings"
+    markdown = write_outputs(out, rows, scored[GENERATED], flat, request.json, tags)
     print(markdown)
 
     run_id = ""
     if request.mlflow:
         run_id = _target_run(request, model_dir)
-        log_evaluation(run_id, flat, out, tags={**evaluator.describe(), "evaluation.clips": str(generated.resolve())})
+        log_evaluation(run_id, flat, out, tags=tags)
         print(f"logged to MLflow run {run_id}")
     return EvaluationOutcome(flat, rows, out, run_id, markdown)
 
 
-def write_outputs(out: Path, rows: dict, generated: ScoredSet, flat: dict[str, float], json_path: str) -> str:
+def write_outputs(
+    out: Path, rows: dict, generated: ScoredSet, flat: dict[str, float], json_path: str, tags: dict[str, str]
+) -> str:
+    """table.md (the protocol above the tables), table.csv, protocol.json, per-class files, confusion matrices."""
     out.mkdir(parents=True, exist_ok=True)
-    table.write_tables(rows, out)
+    table.write_tables(rows, out, tags)
     table.write_per_class(generated.per_class(), out)
     for group, scores in generated.class_scores.items():
         title = f"{'CLAP zero-shot' if group == 'clap' else 'offline ESC scorer'}: generated clips"
@@ -185,7 +274,16 @@ def write_outputs(out: Path, rows: dict, generated: ScoredSet, flat: dict[str, f
     write_text_atomic(out / "metrics.json", json.dumps(flat, indent=2, sort_keys=True))
     if json_path:
         write_text_atomic(json_path, json.dumps(flat, indent=2, sort_keys=True))
-    return table.markdown(rows)
+    return table.markdown(rows, tags)
+
+
+def model_record(model_dir: Path, generation: dict) -> dict:
+    """What a model's clips will be made with, from its audio.json: mel settings and training record."""
+    from core.pipeline import MODEL_MANIFEST
+
+    manifest = json.loads((model_dir / MODEL_MANIFEST).read_text())
+    return {"mel": manifest.get("mel"), "griffin_lim_iters": generation.get("griffin_lim_iters", 32),
+            "training": manifest.get("training")}  # fmt: skip
 
 
 def _target_run(request: EvaluationRequest, model_dir: Path | None) -> str:
@@ -243,6 +341,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", default="", help="write {metric: value} here too")
     parser.add_argument("--out", default="", help="folder for tables and figures (outputs/evaluation/NAME)")
     parser.add_argument("--no-real-row", action="store_true", help="skip scoring the real held-out clips")
+    protocol = parser.add_argument_group("protocol")
+    protocol.add_argument(
+        "--allow-training-overlap", action="store_true",
+        help="let the reference hold the generator's training clips (tagged, marked in the table)",
+    )  # fmt: skip
+    protocol.add_argument(
+        "--trained-on-none", action="store_true",
+        help="the clips come from a generator that heard none of --reference (no training record needed)",
+    )  # fmt: skip
+    protocol.add_argument("--bootstrap", type=int, default=1000, help="draws for the 95%% intervals (0 = none)")
+    protocol.add_argument("--peak", type=float, default=EvalOptions.peak,
+                          help="every clip peak-normalized to this before embedding (0 = as decoded)")  # fmt: skip
     weights = parser.add_argument_group("models")
     weights.add_argument("--fad-model", default="vggish", choices=list(FAD_MODELS))
     weights.add_argument("--fad-sample-rate", type=int, default=0, help="0 = the FAD model's default")
@@ -275,7 +385,8 @@ def main(argv: list[str] | None = None) -> EvaluationOutcome:
     options = EvalOptions(
         fad_model=args.fad_model, fad_sample_rate=args.fad_sample_rate, ckpt_dir=args.ckpt_dir,
         allow_download=args.allow_download, clap_checkpoint=args.clap_checkpoint, clap_template=args.clap_template,
-        hub_split=args.hub_split, device=args.device,
+        hub_split=args.hub_split, device=args.device, allow_training_overlap=args.allow_training_overlap,
+        trained_on=[] if args.trained_on_none else None, bootstrap=args.bootstrap, peak=args.peak,
     )  # fmt: skip
     request = EvaluationRequest(
         generated=args.generated, model=args.model, reference=args.reference or DEFAULT_SOURCE,

@@ -33,6 +33,7 @@ import pandas as pd
 from core.errors import UserError
 from evaluation.clips import CLIP_SECONDS, decoded_batches, fingerprint
 from evaluation.metrics import embedding_frechet_distance
+from evaluation.protocol import Preprocessing
 
 log = logging.getLogger(__name__)
 FAD_CACHE_VERSION = 2  # 2: embeddings only (distances are computed from them)
@@ -91,12 +92,19 @@ class FadModel:
         return f"fad_{self.name}"
 
     def embed(
-        self, clips: pd.DataFrame, seconds: float = CLIP_SECONDS, show_progress: bool = True, desc: str = "FAD"
+        self,
+        clips: pd.DataFrame,
+        seconds: float = CLIP_SECONDS,
+        show_progress: bool = True,
+        desc: str = "FAD",
+        preprocessing: Preprocessing | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(embeddings, clip index of each row): VGGish and EnCodec give several rows per clip."""
         rows, owners, failed = [], [], []
         index = 0
-        batches = decoded_batches(clips, self.sample_rate, PANN_BATCH, seconds, f"{desc} ({self.name})", show_progress)
+        batches = decoded_batches(
+            clips, self.sample_rate, PANN_BATCH, seconds, f"{desc} ({self.name})", show_progress, preprocessing
+        )
         forward = self._pann_forward(len(clips), round(seconds * self.sample_rate)) if self.name == "pann" else None
         for batch in batches:
             batched = self._embed_pann_batch(batch, forward) if forward else None
@@ -266,8 +274,12 @@ class ReferenceEmbeddings:
     from_cache: bool
 
 
-def reference_cache_key(model: FadModel, reference: pd.DataFrame, seconds: float) -> str:
+def reference_cache_key(
+    model: FadModel, reference: pd.DataFrame, seconds: float, preprocessing: Preprocessing | None = None
+) -> str:
     payload = [FAD_CACHE_VERSION, model.identity, fingerprint(reference), seconds]
+    if preprocessing is not None:
+        payload.append(preprocessing.describe())
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
 
 
@@ -277,9 +289,11 @@ def reference_embeddings(
     cache_dir: str | os.PathLike,
     seconds: float = CLIP_SECONDS,
     show_progress: bool = True,
+    preprocessing: Preprocessing | None = None,
+    desc: str = "FAD reference",
 ) -> ReferenceEmbeddings:
-    """Embeddings of the reference set: from the cache, or computed and cached."""
-    key = reference_cache_key(model, reference, seconds)
+    """Embeddings of a set of real clips (the reference, the ceiling, the training clips): cached."""
+    key = reference_cache_key(model, reference, seconds, preprocessing)
     path = Path(cache_dir) / "fad" / f"{model.name}-{model.sample_rate}-{key}.npz"
     if path.is_file():
         try:
@@ -289,7 +303,7 @@ def reference_embeddings(
                 )
         except Exception as error:  # damaged file: recompute
             log.warning("ignoring unreadable FAD reference cache %s (%s)", path, error)
-    embeddings, owners = model.embed(reference, seconds, show_progress, desc="FAD reference")
+    embeddings, owners = model.embed(reference, seconds, show_progress, desc, preprocessing)
     targets = reference["target"].to_numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
     # A unique temporary name: concurrent trials may compute the same entry; the last rename wins, intact.

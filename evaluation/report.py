@@ -1,9 +1,11 @@
-"""The study's results table from MLflow: mean +- std over seeds per configuration, beside the paper's.
+"""The study's results table from MLflow: per configuration, mean +- std over seeds with a 95% interval,
+the difference from a baseline configuration with a paired interval, and the ceilings, beside the paper's.
 
-    python -m evaluation.report --experiment esc50-diffusion [--parent RUN_ID] [--out DIR]
+    python -m evaluation.report --experiment esc50-diffusion [--parent RUN_ID] [--baseline loss=l2] [--out DIR]
 
 Reads a sweep's child runs (or every run of an experiment), groups them by the swept axes, and
-writes report.md, report.csv and report.png (bars with error bars per metric), each atomically.
+writes report.md, report.csv and report.png (bars with 95% intervals per metric), each atomically.
+A difference is "resolved" when its paired 95% interval over seeds excludes zero.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ import pandas as pd
 from core.errors import UserError, exit_on_user_error
 from core.files import write_text_atomic
 from core.tracking import configure_tracking
+from evaluation.intervals import paired_difference, t_interval
 
 # What evaluation logs: FAD and CLAP accuracy (need model weights), and the offline scorer (`esc`).
 METRICS = ("fad_vggish", "ca_top1", "ca_top5", "ca_top10", "ca_map10",
            "fd_esc", "esc_top1", "esc_top5", "esc_top10", "esc_map10")  # fmt: skip
 LOWER_IS_BETTER = {"fad_vggish", "fd_esc"}
 REAL_PREFIX = "real_"  # the same metrics of real clips: the ceiling a model can reach
+REPRESENTATION_PREFIX = "repr_"  # real clips through a configuration's mel + Griffin-Lim: its own ceiling
+MEMORIZATION = ("memorization_esc", "memorization_fad")  # share of clips nearer a training clip than real ones
 CEILING = "real data (ceiling)"
 PUBLISHED_METRICS = ("fad_vggish", "ca_top1", "ca_top5", "ca_top10", "ca_map10")
 # The study's published results (FAD, CA top-1, top-5, top-10, mAP@10), keyed by the settings they used.
@@ -40,8 +45,8 @@ PUBLISHED = {
                                  (21.85, 0.076, 0.262, 0.425, 0.160)),
 }  # fmt: skip
 # Params that say where or how a run was recorded, not what was trained: never axes.
-NOT_AXES = {"seed", "output_dir", "tracking.run_name", "tracking.tracking_uri", "tracking.experiment", "data.cache_dir",
-            "data.preprocess_workers", "train.dataloader_workers"}  # fmt: skip
+NOT_AXES = {"seed", "sample.seed_resolved", "output_dir", "tracking.run_name", "tracking.tracking_uri",
+            "tracking.experiment", "data.cache_dir", "data.preprocess_workers", "train.dataloader_workers"}  # fmt: skip
 
 
 @dataclass
@@ -79,10 +84,16 @@ def find_axes(runs: pd.DataFrame) -> list[str]:
     return [c[len("params.") :] for c in params if runs[c].dropna().astype(str).nunique() > 1]
 
 
-def summarize(runs: pd.DataFrame, axes: list[str], ceiling_runs: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per configuration: its axis values, n (seeds), mean and std of each metric, the paper's values.
+def summarize(
+    runs: pd.DataFrame, axes: list[str], ceiling_runs: pd.DataFrame | None = None, baseline: str = ""
+) -> pd.DataFrame:
+    """One row per configuration: its axis values, n (seeds), mean, std and 95% interval of each metric, its
+    paired difference from the baseline configuration (`<metric>_diff`, `_diff_low`, `_diff_high`), its
+    representation ceiling (`repr_<metric>_mean`), memorization shares, and the paper's values.
 
     The ceiling row averages the `real_*` metrics found in `runs` and `ceiling_runs` (e.g. the parent run).
+    `baseline`: `key=value,...` (axis names may be shortened to their last part); empty = the study's best
+    configuration (L2) when present, else the first.
     """
     metrics = [m for m in METRICS if f"metrics.{m}" in runs.columns]
     frame = runs.copy()
@@ -90,8 +101,8 @@ def summarize(runs: pd.DataFrame, axes: list[str], ceiling_runs: pd.DataFrame | 
         column = f"params.{axis}"
         frame[column] = frame[column].astype(str) if column in frame.columns else "?"
     keys = [f"params.{axis}" for axis in axes]
-    groups = frame.groupby(keys, sort=True, dropna=False) if keys else [((), frame)]
-    rows = []
+    groups = list(frame.groupby(keys, sort=True, dropna=False)) if keys else [((), frame)]
+    rows, per_seed = [], []
     for values, group in groups:
         values = values if isinstance(values, tuple) else (values,)
         row: dict = {"configuration": ", ".join(f"{a.rsplit('.', 1)[-1]}={v}" for a, v in zip(axes, values)) or "all"}
@@ -101,18 +112,59 @@ def summarize(runs: pd.DataFrame, axes: list[str], ceiling_runs: pd.DataFrame | 
             series = group[f"metrics.{metric}"].dropna()
             row[f"{metric}_mean"] = float(series.mean()) if len(series) else math.nan
             row[f"{metric}_std"] = float(series.std(ddof=1)) if len(series) > 1 else math.nan
+            row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = t_interval(series.to_numpy())
+        for extra in [f"{REPRESENTATION_PREFIX}{m}" for m in metrics] + list(MEMORIZATION):
+            if f"metrics.{extra}" in group.columns and group[f"metrics.{extra}"].notna().any():
+                row[f"{extra}_mean"] = float(group[f"metrics.{extra}"].mean())
         label, published = _published_for(group)
         row["study"] = label
         for metric, value in zip(PUBLISHED_METRICS, published):
             row[f"{metric}_published"] = value
         rows.append(row)
+        per_seed.append({m: _by_seed(group, m) for m in metrics})
     table = pd.DataFrame(rows)
+    if len(table):
+        _add_differences(table, per_seed, metrics, _baseline_index(table, axes, baseline))
     # The ceiling's runs may overlap `runs` (a whole-experiment report): each run counts once.
     pool = runs if ceiling_runs is None else pd.concat([runs, ceiling_runs]).drop_duplicates("run_id")
     ceiling = _ceiling_row(pool, metrics)
     if ceiling:
         table = pd.concat([table, pd.DataFrame([ceiling])], ignore_index=True)
     return table
+
+
+def _by_seed(group: pd.DataFrame, metric: str) -> dict[str, float]:
+    """{seed: value} of one configuration's runs: what a paired comparison pairs (seed s with seed s)."""
+    seeds = group["params.seed"] if "params.seed" in group.columns else pd.Series(range(len(group)), index=group.index)
+    values = group[f"metrics.{metric}"]
+    return {str(seed): float(value) for seed, value in zip(seeds, values) if pd.notna(value)}
+
+
+def _baseline_index(table: pd.DataFrame, axes: list[str], baseline: str) -> int:
+    if not baseline:
+        best = table.index[table["study"] == "L2"]
+        return int(best[0]) if len(best) else 0
+    wanted = {}
+    for item in baseline.split(","):
+        key, _, value = item.partition("=")
+        matches = [a for a in axes if a == key.strip() or a.rsplit(".", 1)[-1] == key.strip()]
+        if not matches or not value:
+            raise UserError(f"--baseline '{baseline}': '{item}' is not axis=value (axes: {', '.join(axes)})")
+        wanted[matches[0]] = value.strip()
+    found = table.index[[all(str(table.at[i, a]).lower() == v.lower() for a, v in wanted.items()) for i in table.index]]
+    if not len(found):
+        raise UserError(f"--baseline '{baseline}' matches no configuration of the report")
+    return int(found[0])
+
+
+def _add_differences(table: pd.DataFrame, per_seed: list[dict], metrics: list[str], baseline: int) -> None:
+    table["baseline"] = table.index == baseline
+    for metric in metrics:
+        differences = [paired_difference(seeds[metric], per_seed[baseline][metric]) for seeds in per_seed]
+        table[f"{metric}_diff"] = [d[0] for d in differences]
+        table[f"{metric}_diff_low"] = [d[1] for d in differences]
+        table[f"{metric}_diff_high"] = [d[2] for d in differences]
+        table["pairs"] = [d[3] for d in differences]
 
 
 def _published_for(group: pd.DataFrame) -> tuple[str, tuple]:
@@ -137,27 +189,88 @@ def _ceiling_row(runs: pd.DataFrame, metrics: list[str]) -> dict | None:
     return row
 
 
-def to_markdown(table: pd.DataFrame) -> str:
+def to_markdown(table: pd.DataFrame, protocol: list[str] | None = None) -> str:
     metrics = [m for m in METRICS if f"{m}_mean" in table.columns]
-    header = ["configuration", "n"] + metrics + ["study (FAD / top-1 / top-5 / top-10 / mAP@10)"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    memorized = [m for m in MEMORIZATION if f"{m}_mean" in table.columns]
+    header = ["configuration", "n"] + metrics + memorized + ["study (FAD / top-1 / top-5 / top-10 / mAP@10)"]
+    lines = (protocol or []) + ([""] if protocol else [])
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
         cells = [str(row["configuration"]), str(int(row["n"]))]
-        cells += [_mean_std(row.get(f"{m}_mean"), row.get(f"{m}_std")) for m in metrics]
+        cells += [_mean_std(row.get(f"{m}_mean"), row.get(f"{m}_std"), row.get(f"{m}_ci_low"), row.get(f"{m}_ci_high"))
+                  for m in metrics]  # fmt: skip
+        cells += [_mean_std(row.get(f"{m}_mean"), None) for m in memorized]
         published = [row.get(f"{m}_published", math.nan) for m in PUBLISHED_METRICS]
         has_published = any(isinstance(v, float) and not math.isnan(v) for v in published)
         cells.append(f"{row['study']}: " + " / ".join(f"{v:g}" for v in published) if has_published else "")
         lines.append("| " + " | ".join(cells) + " |")
-    notes = "FAD and FD: lower is better; accuracies and mAP@10: higher is better. mean ± std over seeds (n)."
-    return "\n".join(lines) + f"\n\n{notes}\n"
+    notes = (
+        "FAD and FD: lower is better; accuracies and mAP@10: higher is better. mean ± std over seeds (n) "
+        "[95% t interval of the mean]. memorization: share of generated clips nearer a training clip than real "
+        "unseen clips typically are (about 0.1 for a generator as novel as real clips)."
+    )
+    parts = ["\n".join(lines), notes]
+    configurations = table[table["configuration"] != CEILING]
+    if "baseline" in table.columns and len(configurations) > 1:
+        parts.append(_differences_markdown(configurations, metrics))
+    ceilings = _ceilings_markdown(table, metrics)
+    if ceilings:
+        parts.append(ceilings)
+    return "\n\n".join(parts) + "\n"
 
 
-def _mean_std(mean, std) -> str:
+def _differences_markdown(table: pd.DataFrame, metrics: list[str]) -> str:
+    base = table[table["baseline"].astype(bool)].iloc[0]["configuration"]
+    header = ["configuration", "pairs"] + metrics
+    lines = [
+        f"**Difference from the baseline ({base}), paired over seeds: mean [95% interval]**",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for _, row in table.iterrows():
+        if row["baseline"]:
+            continue
+        cells = [str(row["configuration"]), str(int(row.get("pairs", 0) or 0))]
+        for metric in metrics:
+            mean, low, high = (row.get(f"{metric}_diff{s}") for s in ("", "_low", "_high"))
+            if mean is None or math.isnan(mean):
+                cells.append("–")
+            elif low is None or math.isnan(low):
+                cells.append(f"{mean:+.3g} (one pair: no interval)")
+            else:
+                verdict = "resolved" if low > 0 or high < 0 else "not resolved"
+                cells.append(f"{mean:+.3g} [{low:+.3g}, {high:+.3g}] {verdict}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _ceilings_markdown(table: pd.DataFrame, metrics: list[str]) -> str:
+    """The real ceiling and each configuration's representation ceiling (real clips through its mel + inversion)."""
+    represented = [m for m in metrics if f"{REPRESENTATION_PREFIX}{m}_mean" in table.columns]
+    if not represented:
+        return ""
+    header = ["ceiling"] + represented
+    lines = ["**Ceilings: real held-out clips, and the same clips through each configuration's representation**", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]  # fmt: skip
+    ceiling = table[table["configuration"] == CEILING]
+    if len(ceiling):
+        lines.append(
+            "| real data | " + " | ".join(_mean_std(ceiling.iloc[0].get(f"{m}_mean"), None) for m in represented) + " |"
+        )
+    for _, row in table[table["configuration"] != CEILING].iterrows():
+        cells = [_mean_std(row.get(f"{REPRESENTATION_PREFIX}{m}_mean"), None) for m in represented]
+        lines.append(f"| representation of {row['configuration']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _mean_std(mean, std, low=None, high=None) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "–"
-    if std is None or (isinstance(std, float) and math.isnan(std)):
-        return f"{mean:.4g}"
-    return f"{mean:.4g} ± {std:.2g}"
+    text = f"{mean:.4g}" if std is None or (isinstance(std, float) and math.isnan(std)) else f"{mean:.4g} ± {std:.2g}"
+    if low is not None and high is not None and not (math.isnan(low) or math.isnan(high)):
+        text += f" [{low:.4g}, {high:.4g}]"
+    return text
 
 
 def plot(table: pd.DataFrame, path: Path) -> None:
@@ -175,8 +288,15 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     figure, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.6), squeeze=False)
     positions = range(len(configs))
     for axis, metric in zip(axes[0], metrics):
-        errors = configs[f"{metric}_std"].fillna(0.0)
-        axis.bar(positions, configs[f"{metric}_mean"], yerr=errors, capsize=3, color="tab:blue", alpha=0.8)
+        means = configs[f"{metric}_mean"]
+        # Error bars: the 95% interval of the mean over seeds (none with one seed).
+        below = (means - configs[f"{metric}_ci_low"]).fillna(0.0).clip(lower=0)
+        above = (configs[f"{metric}_ci_high"] - means).fillna(0.0).clip(lower=0)
+        axis.bar(positions, means, yerr=[below, above], capsize=3, color="tab:blue", alpha=0.8, label="95% interval")
+        represented = f"{REPRESENTATION_PREFIX}{metric}_mean"
+        if represented in configs.columns and configs[represented].notna().any():
+            axis.scatter(positions, configs[represented], marker="_", s=200, color="tab:orange", zorder=3,
+                         label="representation ceiling")  # fmt: skip
         if f"{metric}_published" in configs.columns and configs[f"{metric}_published"].notna().any():
             axis.scatter(positions, configs[f"{metric}_published"], marker="D", color="black", zorder=3, label="study")
         if not ceiling.empty and f"{metric}_mean" in ceiling.columns and ceiling[f"{metric}_mean"].notna().any():
@@ -191,22 +311,39 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     save_figure(figure, path)
 
 
-def write_report(experiment: str, out_dir: str | os.PathLike, parent_run_id: str | None = None) -> ReportFiles:
+def write_report(
+    experiment: str, out_dir: str | os.PathLike, parent_run_id: str | None = None, baseline: str = ""
+) -> ReportFiles:
     """Read the runs from the current tracking URI and write report.md, report.csv and report.png into `out_dir`."""
     runs = load_runs(experiment, parent_run_id)
     # The ceiling may be logged on the sweep's parent run or on runs of its own (evaluating real clips).
     ceiling_runs = load_runs(experiment, None, require_metrics=False)
     if parent_run_id:
         ceiling_runs = ceiling_runs[ceiling_runs["run_id"] == parent_run_id]
-    table = summarize(runs, find_axes(runs), ceiling_runs)
+    table = summarize(runs, find_axes(runs), ceiling_runs, baseline)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = ReportFiles(out / "report.md", out / "report.csv", out / "report.png", table)
     title = f"# Results: {experiment}" + (f" (sweep run {parent_run_id})" if parent_run_id else "") + "\n\n"
-    write_text_atomic(files.markdown, title + to_markdown(table))
+    write_text_atomic(files.markdown, title + to_markdown(table, _protocol(runs)))
     write_text_atomic(files.csv, table.to_csv(index=False))
     plot(table, files.figure)
     return files
+
+
+def _protocol(runs: pd.DataFrame) -> list[str]:
+    """The evaluation protocol the runs were scored under (their `evaluation.*` tags), as printed lines."""
+    from evaluation.protocol import protocol_lines
+
+    columns = [c for c in runs.columns if c.startswith("tags.evaluation.")]
+    if not columns or runs.empty:
+        return []
+    tagged = runs[columns].dropna(how="all")
+    if tagged.empty:
+        return []
+    first = tagged.iloc[0]
+    tags = {c[len("tags.") :]: str(first[c]) for c in columns if pd.notna(first[c])}
+    return protocol_lines(tags)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -216,6 +353,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
     parser.add_argument("--out", help="output folder (default: outputs/reports/<experiment>)")
     parser.add_argument("--log-to-parent", action="store_true", help="also log the files to the --parent run")
+    parser.add_argument("--baseline", default="", help="configuration to compare with, e.g. loss=l2,attention=True "
+                        "(default: the study's best, L2, when present)")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -224,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     configure_tracking(args.tracking_uri)
     out = Path(args.out or Path("outputs") / "reports" / args.experiment)
-    files = write_report(args.experiment, out, args.parent)
+    files = write_report(args.experiment, out, args.parent, args.baseline)
     if args.log_to_parent and args.parent:
         import mlflow
 

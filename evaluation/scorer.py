@@ -1,11 +1,12 @@
 """The offline ESC scorer: a small CNN on log-mels that the tool trains itself, since VGGish and CLAP
 weights cannot be downloaded everywhere.
 
-It is trained on first use on the reference clips (the real clips every row is compared with), cached
-under a key of those clips and the settings, and reported with its accuracy on held-out real clips it
-never saw. Few clips per class (3 on esc50-mini) call for heavy augmentation: random circular time
-shifts and crops, SpecAugment frequency/time masks and mixup. Its logits give `esc_top1/5/10` and
-`esc_map10` (the same ranking code as CLAP's accuracy); its penultimate layer gives `fd_esc`.
+It is trained on first use on the reference clips (the real clips every row is compared with, never the
+evaluated generator's training clips: `evaluation.protocol`), cached under a key of those clips and the
+settings, and reported with its accuracy on held-out real clips of other recordings, which it never saw.
+Few clips per class (1 to 3 on esc50-mini) call for heavy augmentation: random circular time shifts and
+crops, SpecAugment frequency/time masks and mixup. Its logits give `esc_top1/5/10` and `esc_map10` (the
+same ranking code as CLAP's accuracy); its penultimate layer gives `fd_esc`.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from core.esc50 import NUM_CLASSES
-from evaluation.clips import ReferenceSplit, decoded_batches, fingerprint
+from core.rng import seeded
+from evaluation.clips import decoded_batches, fingerprint
 from evaluation.metrics import ranking_metrics
+from evaluation.protocol import Preprocessing, ReferenceSplit
 
 log = logging.getLogger(__name__)
-SCORER_VERSION = 1  # bump when the network, features or training change
+SCORER_VERSION = 2  # bump when the network, features or training change (2: clips preprocessed as generated ones)
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,7 @@ class EscScorer:
     reference_embeddings: np.ndarray | None = None
     reference_targets: np.ndarray | None = None
     device: str = "cpu"
+    preprocessing: Preprocessing | None = None  # applied to every clip before its features
 
     def __post_init__(self):
         self.log_mel = LogMel(self.settings).to(self.device)
@@ -123,15 +127,16 @@ class EscScorer:
         """(logits (N, 50), embeddings (N, embedding_dim)) of every clip of the table, in order."""
         s = self.settings
         logits, embeddings = [], []
-        for batch in decoded_batches(clips, s.sample_rate, 32, s.clip_seconds, desc, show_progress):
+        for batch in decoded_batches(clips, s.sample_rate, 32, s.clip_seconds, desc, show_progress, self.preprocessing):
             batch_logits, batch_embeddings = self.net(self.features(batch))
             logits.append(batch_logits.float().cpu().numpy())
             embeddings.append(batch_embeddings.float().cpu().numpy())
         return np.concatenate(logits), np.concatenate(embeddings)
 
 
-def scorer_key(split: ReferenceSplit, settings: ScorerSettings) -> str:
-    payload = [SCORER_VERSION, asdict(settings), fingerprint(split.reference), fingerprint(split.held_out)]
+def scorer_key(split: ReferenceSplit, settings: ScorerSettings, preprocessing: Preprocessing | None = None) -> str:
+    treatment = preprocessing.describe() if preprocessing else ""
+    payload = [SCORER_VERSION, asdict(settings), fingerprint(split.reference), fingerprint(split.held_out), treatment]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -141,6 +146,7 @@ def load_or_train_scorer(
     cache_dir: str | os.PathLike = ".cache/evaluation",
     device: str = "cpu",
     show_progress: bool = True,
+    preprocessing: Preprocessing | None = None,
 ) -> EscScorer:
     """The cached scorer for this reference split and settings, trained first when there is none.
 
@@ -148,38 +154,43 @@ def load_or_train_scorer(
     """
     folder = Path(cache_dir) / "esc_scorer"
     folder.mkdir(parents=True, exist_ok=True)
-    key = scorer_key(split, settings)
+    key = scorer_key(split, settings, preprocessing)
     path = folder / f"{key}.pt"
     with open(folder / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if path.is_file():
             try:
-                return _load(path, settings, device)
+                return _load(path, settings, device, preprocessing)
             except Exception as error:  # a file from an older torch or a damaged one: retrain
                 log.warning("ignoring unreadable scorer cache %s (%s)", path, error)
-        scorer = train_scorer(split, settings, device, show_progress)
+        scorer = train_scorer(split, settings, device, show_progress, preprocessing)
         _save(scorer, path)
         return scorer
 
 
 def train_scorer(
-    split: ReferenceSplit, settings: ScorerSettings, device: str = "cpu", show_progress: bool = True
+    split: ReferenceSplit,
+    settings: ScorerSettings,
+    device: str = "cpu",
+    show_progress: bool = True,
+    preprocessing: Preprocessing | None = None,
 ) -> EscScorer:
     s = settings
-    decoded = decoded_batches(split.reference, s.sample_rate, 64, s.clip_seconds, "decoding", show_progress)
+    decoded = decoded_batches(
+        split.reference, s.sample_rate, 64, s.clip_seconds, "decoding", show_progress, preprocessing
+    )
     clips = np.concatenate(list(decoded))
     targets = torch.tensor(split.reference["target"].to_numpy(), device=device)
     with torch.no_grad():
         log_mels = LogMel(s).to(device)(torch.as_tensor(clips, device=device))
     mean, std = log_mels.mean().item(), log_mels.std().item()
     inputs = (log_mels - mean) / std
-    # Our own seeded RNG state (initial weights included), so training is repeatable and the caller's
-    # RNG is left alone.
-    with torch.random.fork_rng(devices=[torch.device(device).index or 0] if device.startswith("cuda") else []):
-        torch.manual_seed(s.seed)
+    # Our own seeded RNG state (initial weights on the CPU, shuffles and dropout on `device`), so training
+    # is repeatable and the caller's random streams are left alone.
+    with seeded(s.seed, "cpu", device):
         rng = np.random.default_rng(s.seed)
         net = _fit(ScorerNet(s).to(device), inputs, targets, s, rng, show_progress)
-    scorer = EscScorer(net, s, mean, std, device=device)
+    scorer = EscScorer(net, s, mean, std, device=device, preprocessing=preprocessing)
     held_logits, _ = scorer.predict(split.held_out, show_progress=False)
     scorer.held_out = ranking_metrics(held_logits, split.held_out["target"].to_numpy(), "esc")
     with torch.no_grad():
@@ -245,11 +256,12 @@ def _save(scorer: EscScorer, path: Path) -> None:
     os.replace(temporary, path)
 
 
-def _load(path: Path, settings: ScorerSettings, device: str) -> EscScorer:
+def _load(path: Path, settings: ScorerSettings, device: str, preprocessing: Preprocessing | None) -> EscScorer:
     state = torch.load(path, map_location="cpu", weights_only=True)
     net = ScorerNet(settings)
     net.load_state_dict(state["net"])
     return EscScorer(
         net, settings, state["mean"], state["std"], dict(state["held_out"]),
         state["reference_embeddings"].numpy(), state["reference_targets"].numpy(), device=device,
+        preprocessing=preprocessing,
     )  # fmt: skip

@@ -19,9 +19,12 @@ import pandas as pd
 from core.errors import UserError
 from core.esc50 import ESC50_CATEGORIES, NUM_CLASSES
 from evaluation.clap import DEFAULT_TEMPLATE, ZeroShotClassifier, load_clap_model
-from evaluation.clips import CLIP_SECONDS, ReferenceSplit
+from evaluation.clips import CLIP_SECONDS
+from evaluation.intervals import bootstrap_frechet, bootstrap_ranking, frechet_infinity
+from evaluation.memorization import FLAG_SHARE, clip_embeddings, memorization_share
 from evaluation.metrics import embedding_frechet_distance, ranking_metrics, target_ranks
-from evaluation.scorer import ScorerSettings, load_or_train_scorer
+from evaluation.protocol import PEAK_LEVEL, Preprocessing, ReferenceSplit
+from evaluation.scorer import SCORER_VERSION, ScorerSettings, load_or_train_scorer
 
 log = logging.getLogger(__name__)
 METRIC_GROUPS = ("fad", "clap", "esc")
@@ -46,6 +49,14 @@ class EvalOptions:
     scorer_seed: int = ScorerSettings.seed
     optional_metrics: bool = False  # skip fad/clap (with a warning) when their weights are missing
     clap_model: object = field(default=None, repr=False)  # an already built CLAP model (tests, notebooks)
+    # The protocol (evaluation.protocol): the generator's training clips, by file name (None: read from the
+    # generated folder's generation.json), and whether the reference may hold them (marked when it does).
+    trained_on: list[str] | None = None
+    training_source: str = ""  # where those clips are (the memorization check embeds them)
+    allow_training_overlap: bool = False
+    peak: float = PEAK_LEVEL  # every clip, real or generated, peak-normalized to this before embedding; 0 = off
+    bootstrap: int = 1000  # bootstrap draws for the 95% intervals; 0 = no intervals
+    interval_seed: int = 0
 
     @classmethod
     def from_options(cls, options: dict) -> EvalOptions:
@@ -107,6 +118,9 @@ class Evaluator:
         self.show_progress = show_progress
         self.fad_model = self.fad_reference = self.clap = self.scorer = None
         self.skipped: dict[str, str] = {}  # metric group -> why (optional_metrics)
+        self.preprocessing = Preprocessing(sample_rate, self.options.peak)
+        self.left_out = 0  # generated clips of classes the protocol cannot evaluate
+        self._neighbours: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # metric -> (held-out, training) per clip
 
     @property
     def device(self) -> str:
@@ -141,8 +155,9 @@ class Evaluator:
                 o.fad_model, o.fad_sample_rate, o.ckpt_dir, o.clap_checkpoint, o.allow_download
             )
             self.fad_reference = reference_embeddings(
-                self.fad_model, self.split.reference, self.cache_dir, o.clip_seconds, self.show_progress
-            )
+                self.fad_model, self.split.reference, self.cache_dir, o.clip_seconds, self.show_progress,
+                self.preprocessing,
+            )  # fmt: skip
 
     def _prepare_clap(self) -> None:
         o = self.options
@@ -158,33 +173,98 @@ class Evaluator:
             settings = ScorerSettings(
                 sample_rate=self.sample_rate, clip_seconds=o.clip_seconds, epochs=o.scorer_epochs, seed=o.scorer_seed
             )
-            self.scorer = load_or_train_scorer(self.split, settings, self.cache_dir, self.device, self.show_progress)
+            self.scorer = load_or_train_scorer(
+                self.split, settings, self.cache_dir, self.device, self.show_progress, self.preprocessing
+            )
 
-    def score(self, clips: pd.DataFrame, desc: str = "generated") -> ScoredSet:
+    def score(self, clips: pd.DataFrame, desc: str = "generated", memorization: bool = False) -> ScoredSet:
+        """Every metric of the chosen groups for `clips` (of the evaluated classes only), with 95% intervals
+        (`<metric>_ci_low/_high`), FD-infinity (`<fd>_inf`), and with `memorization` the share of clips that
+        sit nearer a training clip than real unseen clips do (`memorization_<group>`)."""
         self.prepare()
         o = self.options
-        targets = clips["target"].to_numpy()
+        evaluated = self.split.restrict(clips)
+        if memorization:
+            self.left_out = len(clips) - len(evaluated)
+        if evaluated.empty:
+            raise UserError(f"none of the {len(clips)} {desc} clips is of a class the reference and ceiling hold")
+        clips, targets = evaluated, evaluated["target"].to_numpy()
         result = ScoredSet({}, targets)
         if "fad" in self.groups:
             from evaluation.fad import per_class_distances
 
-            embeddings, owners = self.fad_model.embed(clips, o.clip_seconds, self.show_progress, desc=desc)
-            metric = self.fad_model.metric
-            result.metrics[metric] = self.fad_model.distance(self.fad_reference.embeddings, embeddings)
-            result.per_class_distance[metric] = per_class_distances(
-                self.fad_model, self.fad_reference, embeddings, owners, targets, o.min_class_clips
+            embeddings, owners = self.fad_model.embed(
+                clips, o.clip_seconds, self.show_progress, desc, self.preprocessing
             )
+            metric, reference = self.fad_model.metric, self.fad_reference
+            result.metrics[metric] = self.fad_model.distance(reference.embeddings, embeddings)
+            self._distance_uncertainty(result, metric, reference.embeddings, embeddings, reference.owners, owners)
+            result.per_class_distance[metric] = per_class_distances(
+                self.fad_model, reference, embeddings, owners, targets, o.min_class_clips
+            )
+            if memorization:
+                self._memorization(result, "fad", clip_embeddings(embeddings, owners))
         if "clap" in self.groups:
-            scores = self.clap.scores(clips, o.clip_seconds, self.show_progress, desc=f"CLAP {desc}")
+            scores = self.clap.scores(clips, o.clip_seconds, self.show_progress, f"CLAP {desc}", self.preprocessing)
             result.class_scores["clap"] = scores
             result.metrics.update(ranking_metrics(scores, targets, "ca"))
+            self._ranking_uncertainty(result, scores, targets, "ca")
         if "esc" in self.groups:
             logits, embeddings = self.scorer.predict(clips, self.show_progress, desc=f"ESC scorer {desc}")
             result.class_scores["esc"] = logits
             result.metrics.update(ranking_metrics(logits, targets, "esc"))
+            self._ranking_uncertainty(result, logits, targets, "esc")
             result.metrics["fd_esc"] = self._fd_esc(embeddings)
+            self._distance_uncertainty(result, "fd_esc", self.scorer.reference_embeddings, embeddings)
             result.per_class_distance["fd_esc"] = self._fd_esc_per_class(embeddings, targets)
+            if memorization:
+                self._memorization(result, "esc", embeddings)
         return result
+
+    def _distance_uncertainty(self, result, metric, reference, embeddings, reference_owners=None, owners=None) -> None:
+        o = self.options
+        if o.bootstrap <= 0 or len(embeddings) < 2:
+            return
+        low, high = bootstrap_frechet(reference, embeddings, o.bootstrap, o.interval_seed, reference_owners, owners)
+        result.metrics.update({f"{metric}_ci_low": low, f"{metric}_ci_high": high})
+        result.metrics[f"{metric}_inf"] = frechet_infinity(reference, embeddings, o.interval_seed, owners)
+
+    def _ranking_uncertainty(self, result: ScoredSet, scores: np.ndarray, targets: np.ndarray, prefix: str) -> None:
+        if self.options.bootstrap <= 0:
+            return
+        ranks = target_ranks(scores, targets)
+        for metric, (low, high) in bootstrap_ranking(
+            ranks, prefix, self.options.bootstrap, self.options.interval_seed
+        ).items():
+            result.metrics.update({f"{metric}_ci_low": low, f"{metric}_ci_high": high})
+
+    def _memorization(self, result: ScoredSet, group: str, generated: np.ndarray) -> None:
+        """`memorization_<group>`: see evaluation.memorization; skipped when the training clips are unknown."""
+        training = self.split.training
+        if training is None or training.empty:
+            return
+        if group not in self._neighbours:
+            self._neighbours[group] = (self._clip_embeddings(group, self.split.held_out, "held-out"),
+                                       self._clip_embeddings(group, training, "training"))  # fmt: skip
+        held_out, train = self._neighbours[group]
+        share = memorization_share(generated, held_out, train)
+        result.metrics[f"memorization_{group}"] = share
+        if share > FLAG_SHARE:
+            log.warning(
+                "%.0f%% of the generated clips sit nearer a training clip than real unseen clips do (%s embedding): "
+                "the generator may be copying its training data", 100 * share, group,
+            )  # fmt: skip
+
+    def _clip_embeddings(self, group: str, clips: pd.DataFrame, desc: str) -> np.ndarray:
+        if group == "esc":
+            return self.scorer.predict(clips, self.show_progress, desc=f"ESC scorer {desc}")[1]
+        from evaluation.fad import reference_embeddings
+
+        found = reference_embeddings(
+            self.fad_model, clips, self.cache_dir, self.options.clip_seconds, self.show_progress, self.preprocessing,
+            desc=f"FAD {desc}",
+        )  # fmt: skip
+        return clip_embeddings(found.embeddings, found.owners)
 
     def _fd_esc(self, embeddings: np.ndarray) -> float:
         if len(embeddings) < 2:
@@ -201,23 +281,32 @@ class Evaluator:
         return values
 
     def describe(self) -> dict[str, str]:
-        """Settings worth recording beside the numbers (MLflow tags, the report)."""
+        """The protocol and settings worth recording beside the numbers (MLflow tags, the tables' header)."""
         o = self.options
         tags = {
-            "evaluation.reference": self.split.source,
-            "evaluation.reference_clips": str(len(self.split.reference)),
-            "evaluation.held_out_clips": str(len(self.split.held_out)),
-            "evaluation.held_out_rule": self.split.how,
+            **self.split.describe(),
             "evaluation.metrics": ",".join(self.groups),
             "evaluation.clip_seconds": str(o.clip_seconds),
+            "evaluation.preprocessing": self.preprocessing.describe(),
+            "evaluation.intervals": (
+                f"95% bootstrap over clips ({o.bootstrap} draws), FD also extrapolated to infinitely many clips (_inf)"
+                if o.bootstrap > 0
+                else "none (bootstrap 0)"
+            ),
+            "evaluation.generated_left_out": str(self.left_out),
         }
+        versions = [f"esc scorer v{SCORER_VERSION}"] if "esc" in self.groups else []
         if self.fad_model is not None:
             tags["evaluation.fad_model"] = f"{self.fad_model.name}@{self.fad_model.sample_rate}"
+            versions.append(f"FAD {self.fad_model.identity}")
         if self.clap is not None:
             tags["evaluation.clap_checkpoint"] = "injected" if o.clap_model is not None else o.clap_checkpoint
             tags["evaluation.clap_template"] = o.clap_template
         for group, reason in self.skipped.items():
             tags[f"evaluation.skipped_{group}"] = reason
+        if self.clap is not None:
+            versions.append(f"CLAP {tags['evaluation.clap_checkpoint']}")
         if self.scorer is not None:
             tags["evaluation.esc_scorer_held_out_top1"] = f"{self.scorer.held_out['esc_top1']:.4f}"
+        tags["evaluation.metric_versions"] = "; ".join(versions)
         return tags

@@ -2,7 +2,9 @@
 
 Two tables, kept apart so nobody mistakes one for the other: the study's (`Fad score | CA Top 1 |
 CA Top 5 | CA Top10 | CA mAP10`, from the FAD package and CLAP) and the offline scorer's (`fd_esc`,
-`esc_top1`, ...). Each row is one set of clips: the real held-out clips, then the generated ones.
+`esc_top1`, ...). Each row is one set of clips: the real held-out clips, the same clips through the
+generator's representation (mel + Griffin-Lim), then the generated ones. Each value carries its 95%
+bootstrap interval when one was computed; the protocol (`evaluation.protocol`) is printed above them.
 """
 
 from __future__ import annotations
@@ -24,15 +26,18 @@ SCORER_TITLE = "Offline ESC scorer (not VGGish FAD, not CLAP CA)"
 CA_COLUMNS = {"CA Top 1": "ca_top1", "CA Top 5": "ca_top5", "CA Top10": "ca_top10", "CA mAP10": "ca_map10"}
 ESC_COLUMNS = {
     "FD (ESC scorer)": "fd_esc",
+    "FD∞ (ESC scorer)": "fd_esc_inf",
     "ESC Top 1": "esc_top1",
     "ESC Top 5": "esc_top5",
     "ESC Top10": "esc_top10",
     "ESC mAP10": "esc_map10",
+    "memorized": "memorization_esc",
 }
 
 
 def _fad_metric(rows: dict[str, dict[str, float]]) -> str | None:
-    names = sorted({name for metrics in rows.values() for name in metrics if name.startswith("fad_")})
+    names = sorted({name for metrics in rows.values() for name in metrics
+                    if name.startswith("fad_") and not name.endswith(("_ci_low", "_ci_high", "_inf"))})  # fmt: skip
     return names[0] if names else None
 
 
@@ -42,7 +47,12 @@ def tables(rows: dict[str, dict[str, float]]) -> list[tuple[str, pd.DataFrame]]:
     fad = _fad_metric(rows)
     present = {name for metrics in rows.values() for name in metrics}
     if fad or present & set(CA_COLUMNS.values()):
-        columns = {"Fad score": fad or "fad", **CA_COLUMNS}
+        columns = {
+            "Fad score": fad or "fad",
+            "FAD∞": f"{fad or 'fad'}_inf",
+            **CA_COLUMNS,
+            "memorized": "memorization_fad",
+        }
         result.append((STUDY_TITLE + (f", FAD with {fad[4:]}" if fad else ""), _frame(rows, columns)))
     if present & set(ESC_COLUMNS.values()):
         result.append((SCORER_TITLE, _frame(rows, ESC_COLUMNS)))
@@ -50,33 +60,57 @@ def tables(rows: dict[str, dict[str, float]]) -> list[tuple[str, pd.DataFrame]]:
 
 
 def _frame(rows: dict[str, dict[str, float]], columns: dict[str, str]) -> pd.DataFrame:
-    data = {header: [rows[row].get(metric, np.nan) for row in rows] for header, metric in columns.items()}
+    present = {name for metrics in rows.values() for name in metrics}
+    columns = {header: metric for header, metric in columns.items() if metric in present or header in _ALWAYS}
+    data = {header: [_cell(rows[row], metric) for row in rows] for header, metric in columns.items()}
     return pd.DataFrame(data, index=pd.Index(list(rows), name="clips"))
 
 
-def markdown(rows: dict[str, dict[str, float]]) -> str:
-    parts = []
+_ALWAYS = {"Fad score", *CA_COLUMNS, *list(ESC_COLUMNS)[:1], *list(ESC_COLUMNS)[2:6]}  # the study's columns
+
+
+def _cell(metrics: dict[str, float], metric: str) -> str:
+    value = metrics.get(metric, math.nan)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    low, high = metrics.get(f"{metric}_ci_low"), metrics.get(f"{metric}_ci_high")
+    if low is None or high is None:
+        return f"{value:.3f}"
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def markdown(rows: dict[str, dict[str, float]], tags: dict[str, str] | None = None) -> str:
+    """The tables, with the protocol above them; values as `value [95% interval]`."""
+    from evaluation.protocol import protocol_lines
+
+    parts = ["\n".join(protocol_lines(tags))] if tags else []
     for title, frame in tables(rows):
         header = "| clips | " + " | ".join(frame.columns) + " |"
         rule = "|---|" + "---:|" * len(frame.columns)
         lines = [f"**{title}**", "", header, rule]
         for name, values in frame.iterrows():
-            lines.append(f"| {name} | " + " | ".join(_number(v) for v in values) + " |")
+            lines.append(f"| {name} | " + " | ".join(values) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
 
-def _number(value: float) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+def write_tables(
+    rows: dict[str, dict[str, float]], out_dir: str | os.PathLike, tags: dict[str, str] | None = None
+) -> list[Path]:
+    """table.md (as printed), table.csv (every metric, full precision, one row per clip set), protocol.json."""
+    import json
 
-
-def write_tables(rows: dict[str, dict[str, float]], out_dir: str | os.PathLike) -> list[Path]:
-    """table.md (as printed) and table.csv (every metric, full precision, one row per clip set)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv = pd.DataFrame.from_dict(rows, orient="index")
     csv.index.name = "clips"
-    return [write_text_atomic(out / "table.md", markdown(rows)), write_text_atomic(out / "table.csv", csv.to_csv())]
+    written = [
+        write_text_atomic(out / "table.md", markdown(rows, tags)),
+        write_text_atomic(out / "table.csv", csv.to_csv()),
+    ]
+    if tags:
+        written.append(write_text_atomic(out / "protocol.json", json.dumps(tags, indent=2, sort_keys=True)))
+    return written
 
 
 def write_per_class(per_class: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:

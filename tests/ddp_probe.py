@@ -15,7 +15,7 @@ if __name__ == "__main__":
     config_path, out_dir, *overrides = sys.argv[1:]
     config = load_config(config_path, overrides)
     accelerator = make_accelerator(config)
-    stream, loader, batches_per_epoch = build_data(config, accelerator)
+    stream, loader, batches_per_epoch, _ = build_data(config, accelerator)
     stream.set_epoch(0)
     seen = [
         hashlib.sha1(spectrogram.numpy().tobytes()).hexdigest()

@@ -67,11 +67,15 @@ def write_tones(folder: Path, classes: list[int], labels: list[int]) -> Path:
     return folder
 
 
+PROTOCOL = {"trained_on": [], "bootstrap": 0}  # tones: a "generator" that heard no real clip; no intervals
+
+
 def test_zero_shot_accuracy_through_the_scoring_code(tmp_path, esc50_mini):
-    classes = list(range(0, 50, 5))
+    # Not 35 (can_opening): esc50-mini holds one recording of it, so the protocol has no ceiling for it.
+    classes = [c for c in range(0, 50, 5) if c != 35]
     model = ToneClap()
     right = write_tones(tmp_path / "right", classes, classes)
-    metrics = score_generated(right, str(esc50_mini), ["clap"], clap_model=model, show_progress=False)
+    metrics = score_generated(right, str(esc50_mini), ["clap"], clap_model=model, show_progress=False, **PROTOCOL)
     assert metrics == {"ca_top1": 1.0, "ca_top5": 1.0, "ca_top10": 1.0, "ca_map10": 1.0}
     # Every clip went through at 48 kHz and 5.0 s (1-second files padded), in batches.
     assert sum(shape[0] for shape in model.audio_shapes) == len(classes)
@@ -80,7 +84,9 @@ def test_zero_shot_accuracy_through_the_scoring_code(tmp_path, esc50_mini):
 
     # Labels that name a class one band away: never first, always within the top 10.
     shifted = write_tones(tmp_path / "shifted", classes, [c + 1 for c in classes])
-    metrics = score_generated(shifted, str(esc50_mini), ["clap"], clap_model=ToneClap(), show_progress=False)
+    metrics = score_generated(
+        shifted, str(esc50_mini), ["clap"], clap_model=ToneClap(), show_progress=False, **PROTOCOL
+    )
     assert metrics["ca_top1"] == 0.0 and metrics["ca_top10"] == 1.0
     assert 0.1 <= metrics["ca_map10"] <= 0.5
 
@@ -95,6 +101,7 @@ def test_prompt_template_is_configurable_and_checked(tmp_path, esc50_mini):
         clap_model=model,
         clap_template="a recording of {category}",
         show_progress=False,
+        **PROTOCOL,
     )
     assert model.texts[:2] == ["a recording of dog", "a recording of rooster"] and len(model.texts) == 50
     with pytest.raises(UserError, match="must contain {category}"):

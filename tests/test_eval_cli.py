@@ -58,21 +58,37 @@ def test_cli_generates_scores_writes_tables_and_logs_to_the_models_run(
          "--tracking-uri", uri, "--no-progress"]
     )  # fmt: skip
     printed = capsys.readouterr().out
-    assert "| clips | FD (ESC scorer) | ESC Top 1 | ESC Top 5 | ESC Top10 | ESC mAP10 |" in printed
+    assert (
+        "| clips | FD (ESC scorer) | FD∞ (ESC scorer) | ESC Top 1 | ESC Top 5 | ESC Top10 | ESC mAP10 | memorized |"
+        in printed
+    )
     assert "| real data (held-out) |" in printed and "| tiny |" in printed
+    assert "| real data through mel + Griffin-Lim (representation ceiling) |" in printed
+    # The protocol above the table: the model's 76 training clips kept out, 36 classes evaluated.
+    assert "Protocol: reference 63 real clips" in printed and "36 classes" in printed
+    assert "Generator's training clips: 76; every recording the generator trained on left out" in printed
+    assert "peak-normalized to 0.9" in printed and "95% bootstrap over clips" in printed
 
     generated = pd.read_csv(out / "generated" / "manifest.csv")
     assert sorted(generated["target"]) == list(range(50))  # generated first: one clip of each class
     scores = json.loads((tmp_path / "scores.json").read_text())
-    assert set(scores) == ESC_METRICS | {f"real_{name}" for name in ESC_METRICS}
+    assert ESC_METRICS | {f"real_{name}" for name in ESC_METRICS} | {f"repr_{name}" for name in ESC_METRICS} <= set(
+        scores
+    )
+    assert {"fd_esc_ci_low", "fd_esc_ci_high", "fd_esc_inf", "esc_top1_ci_low", "memorization_esc"} <= set(scores)
     assert all(0.0 <= scores[name] <= 1.0 for name in ESC_METRICS - {"fd_esc"})
+    assert scores["fd_esc_ci_low"] <= scores["fd_esc"] <= scores["fd_esc_ci_high"]
     assert json.loads((out / "metrics.json").read_text()) == scores
+    protocol = json.loads((out / "protocol.json").read_text())
+    assert protocol["evaluation.training_clips"] == "76" and protocol["evaluation.generated_left_out"] == "14"
 
     table = pd.read_csv(out / "table.csv", index_col="clips")
-    assert list(table.index) == ["real data (held-out)", "tiny"]
+    assert list(table.index) == [
+        "real data (held-out)", "real data through mel + Griffin-Lim (representation ceiling)", "tiny"
+    ]  # fmt: skip
     assert table.loc["tiny", "esc_top1"] == pytest.approx(scores["esc_top1"])
     per_class = pd.read_csv(out / "per_class.csv")
-    assert len(per_class) == 50 and per_class["clips"].eq(1).all()
+    assert len(per_class) == 36 and per_class["clips"].eq(1).all()  # the evaluated classes
     assert per_class["esc_top1"].mean() == pytest.approx(scores["esc_top1"])
     for figure in ("per_class.png", "confusion_esc.png"):
         assert (out / figure).stat().st_size > 10_000
@@ -81,6 +97,7 @@ def test_cli_generates_scores_writes_tables_and_logs_to_the_models_run(
     run = client.get_run(run_id)
     assert {name: run.data.metrics[name] for name in scores} == pytest.approx(scores)
     assert run.data.tags["evaluation.reference"] == str(esc50_mini)
+    assert run.data.tags["evaluation.reference_overlaps_training"] == "false"
     logged = {item.path for item in client.list_artifacts(run_id, "evaluation")}
     assert {"evaluation/table.md", "evaluation/table.csv", "evaluation/confusion_esc.png"} <= logged
 
@@ -93,3 +110,19 @@ def test_cli_generates_scores_writes_tables_and_logs_to_the_models_run(
     linked = client.search_runs([run.info.experiment_id], f"tags.evaluates_run_id = '{run_id}'")
     assert len(linked) == 1 and linked[0].data.metrics["esc_top1"] == pytest.approx(scores["esc_top1"])
     assert "real_esc_top1" not in linked[0].data.metrics
+
+
+def test_a_model_without_its_training_record_is_refused_before_any_work(
+    tmp_path, trained_tiny_model, esc50_mini, capsys
+):
+    model = tmp_path / "old" / "model"
+    shutil.copytree(trained_tiny_model / "model", model)
+    manifest = json.loads((model / "audio.json").read_text())
+    manifest.pop("training")  # as a model saved before the record existed
+    (model / "audio.json").write_text(json.dumps(manifest))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", str(model), "--reference", str(esc50_mini), "--metrics", "esc", "--no-mlflow",
+              "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")])  # fmt: skip
+    assert exit_info.value.code == 2
+    assert "no training record" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "generated").exists() and not (tmp_path / "cache").exists()

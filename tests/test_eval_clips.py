@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 
 import numpy as np
 import pytest
 import soundfile
 
 from core.errors import UserError
-from evaluation.clips import decoded_batches, fingerprint, read_manifest, split_reference
+from evaluation.clips import decoded_batches, fingerprint, read_manifest
 
 
 def write_clip(path, seconds=1.0, rate=16000, seed=0):
@@ -56,37 +55,6 @@ def test_clips_are_decoded_at_equal_length_and_a_bad_clip_stops_everything(tmp_p
         for batch in decoded_batches(table, 16000, batch_size=1, show_progress=False):
             yielded.append(batch)
     assert len(yielded) == 1  # the clip before the first bad one, nothing after it
-
-
-def test_reference_split_holds_out_one_clip_per_class_when_folds_cannot(esc50_mini):
-    split = split_reference(str(esc50_mini))
-    assert (len(split.reference), len(split.held_out)) == (150, 50)
-    assert sorted(split.held_out["target"]) == list(range(50))
-    assert not set(split.reference["filename"]) & set(split.held_out["filename"])
-    assert split_reference(str(esc50_mini)).held_out["filename"].tolist() == split.held_out["filename"].tolist()
-    # Folds 2 and 3 hold 12 clips of a few classes: not a usable held-out set for fold 4's 50 classes.
-    fold4 = split_reference(str(esc50_mini), [4])
-    assert fold4.how == "last clip of each class" and set(fold4.reference["fold"]) == {4}
-    with pytest.raises(UserError, match=r"no clips of .* are in folds \[5\]"):
-        split_reference(str(esc50_mini), [5])
-
-
-def test_reference_split_uses_other_folds_when_they_cover_every_class(tmp_path, esc50_mini):
-    source = tmp_path / "esc"
-    shutil.copytree(esc50_mini, source)
-    meta = source / "meta" / "esc50.csv"
-    lines = meta.read_text().splitlines()
-    header, rows = lines[0], lines[1:]
-    fold_column = header.split(",").index("fold")
-    seen, relabelled = set(), []
-    for row in rows:  # the first clip of each class becomes fold 5
-        cells = row.split(",")
-        cells[fold_column] = "5" if cells[2] not in seen else "1"
-        seen.add(cells[2])
-        relabelled.append(",".join(cells))
-    meta.write_text("\n".join([header, *relabelled]) + "\n")
-    split = split_reference(str(source), [1])
-    assert split.how == "other folds" and len(split.held_out) == 50 and set(split.held_out["fold"]) == {5}
 
 
 def test_fingerprint_changes_when_a_clip_changes(tmp_path):

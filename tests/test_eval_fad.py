@@ -206,7 +206,7 @@ def test_cli_exits_2_naming_the_missing_weights(tmp_path, esc50_mini, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(
             ["--generated", str(generated), "--reference", str(esc50_mini), "--metrics", "fad",
-             "--ckpt-dir", str(tmp_path / "empty"), "--no-mlflow", "--no-progress"]
+             "--ckpt-dir", str(tmp_path / "empty"), "--no-mlflow", "--no-progress", "--trained-on-none"]
         )  # fmt: skip
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip()

@@ -30,7 +30,10 @@ def test_generate_writes_clips_and_manifest(trained_tiny_model, tmp_path) -> Non
     for row in rows:
         info = soundfile.info(out / row["file"])
         assert (info.samplerate, info.channels, info.frames) == (22050, 1, 110250)  # exactly 5.0 s
-    assert sorted(p.name for p in out.iterdir()) == ["dog", "manifest.csv", "rain"]  # no temporary files left
+    assert sorted(p.name for p in out.iterdir()) == ["dog", "generation.json", "manifest.csv", "rain"]  # no temp files
+    record = json.loads((out / "generation.json").read_text())  # what made the clips, for evaluation's protocol
+    assert record["settings"]["per_class"] == 2 and record["mel"]["resolution"] == 32
+    assert record["training"]["clips"] == len(record["training"]["filenames"]) > 0
 
 
 def test_generation_is_repeatable_with_a_seed(trained_tiny_model, tmp_path) -> None:

@@ -129,3 +129,29 @@ def test_whole_experiment_ceiling_counts_each_run_once(store, tmp_path: Path):
     assert ceiling["fd_esc_mean"] == pytest.approx(2.0) and ceiling["fd_esc_std"] == pytest.approx(
         statistics.stdev([1, 3])
     )
+
+
+def test_each_configuration_gets_an_interval_and_a_paired_difference_from_the_baseline(store, tmp_path: Path):
+    """L1 against L2 (the study's best, the default baseline), seed by seed: a difference with its uncertainty."""
+    from evaluation.intervals import paired_difference, t_interval
+
+    _, parent = store
+    files = report.write_report("report-test", tmp_path / "out", parent_run_id=parent)
+    table = files.table.set_index("configuration")
+    l1, l2 = LOGGED[("l1", "True", "True")], LOGGED[("l2", "True", "True")]
+    row = table.loc["loss=l1, attention=True, normalize=True"]
+    low, high = t_interval([fd for fd, _ in l1])
+    assert (row["fd_esc_ci_low"], row["fd_esc_ci_high"]) == pytest.approx((low, high))
+    by_seed = [{str(seed): fd for seed, (fd, _) in enumerate(seeds)} for seeds in (l1, l2)]
+    expected = paired_difference(*by_seed)
+    assert (row["fd_esc_diff"], row["fd_esc_diff_low"], row["fd_esc_diff_high"]) == pytest.approx(expected[:3])
+    assert row["pairs"] == 3 and table.loc["loss=l2, attention=True, normalize=True", "baseline"]
+    markdown = files.markdown.read_text()
+    assert "Difference from the baseline (loss=l2, attention=True, normalize=True)" in markdown
+    assert f"{expected[0]:+.3g} [{expected[1]:+.3g}, {expected[2]:+.3g}]" in markdown
+    assert "(one pair: no interval)" in markdown  # the one-seed configuration
+    # Another baseline by its short axis names; one that matches nothing is a clear error.
+    other = report.write_report("report-test", tmp_path / "o2", parent, baseline="loss=l1,normalize=False")
+    assert other.table.set_index("configuration").loc["loss=l1, attention=True, normalize=False", "baseline"]
+    with pytest.raises(report.UserError, match="matches no configuration"):
+        report.write_report("report-test", tmp_path / "o3", parent, baseline="loss=l3")

@@ -2,8 +2,8 @@
 
     python -m training.generate --model outputs/esc50_64 --per-class 40 --out generated/
 
-Writes OUT/<category>/<n>.wav and OUT/manifest.csv (`file,target,category,seed`; `file` relative
-to OUT), the format `evaluation.evaluate --generated` reads.
+Writes OUT/<category>/<n>.wav, OUT/manifest.csv (`file,target,category`; `file` relative to OUT), the
+format `evaluation.evaluate --generated` reads, and OUT/generation.json (what made the clips).
 """
 
 from __future__ import annotations
@@ -11,17 +11,21 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-from dataclasses import dataclass
+import json
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from core.audio import MelTransform, write_wav_atomic
+from core.config import SAMPLE_CLIPS
 from core.errors import UserError, exit_on_user_error
 from core.esc50 import ESC50_CATEGORIES
 from core.files import write_text_atomic
 from core.pipeline import DiffusionModel, resolve_model_folder, sample_spectrograms
+from evaluation.clips import GENERATION_RECORD
 
 MANIFEST_COLUMNS = ("file", "target", "category")
 
@@ -39,6 +43,7 @@ class GenerationRequest:
     griffin_lim_iters: int = 32
     seed: int = 0
     device: str = ""  # "" = CUDA when present
+    clip: str = ""  # how the sampler clips x0 (sample.clip: data_range, legacy, none); "" = the model's own
 
 
 def generate(request: GenerationRequest, show_progress: bool = True) -> Path:
@@ -47,6 +52,8 @@ def generate(request: GenerationRequest, show_progress: bool = True) -> Path:
         raise UserError(f"--per-class must be >= 1, not {request.per_class}")
     if request.scheduler not in ("ddim", "ddpm"):
         raise UserError(f"--scheduler must be ddim or ddpm, not {request.scheduler}")
+    if request.clip not in ("",) + SAMPLE_CLIPS:
+        raise UserError(f"--clip must be one of {', '.join(SAMPLE_CLIPS)}, not {request.clip}")
     classes = list(range(len(ESC50_CATEGORIES))) if request.classes is None else request.classes
     bad = [c for c in classes if not 0 <= c < len(ESC50_CATEGORIES)]
     if bad:
@@ -68,7 +75,7 @@ def generate(request: GenerationRequest, show_progress: bool = True) -> Path:
             chunk_labels = labels[start : start + chunk]
             spectrograms = sample_spectrograms(
                 model, chunk_labels, request.scheduler, request.steps, request.guidance_scale,
-                batch_size=chunk, seed=request.seed + start,
+                batch_size=chunk, seed=request.seed + start, clip=request.clip,
             )  # fmt: skip
             clips = transform.audio(spectrograms.to(device), iterations=request.griffin_lim_iters, seed=request.seed)
             for offset, (label, clip) in enumerate(zip(chunk_labels, clips)):
@@ -78,7 +85,26 @@ def generate(request: GenerationRequest, show_progress: bool = True) -> Path:
                 write_wav_atomic(out / relative, clip, model.mel.sample_rate)
                 rows.append({"file": relative, "target": label, "category": category})
             progress.update(len(chunk_labels))
+    write_generation_record(out, request, model)
     return write_manifest(out, rows)
+
+
+def write_generation_record(out: Path, request: GenerationRequest, model: DiffusionModel) -> Path:
+    """generation.json: what made these clips. Evaluation reads the model's training record and mel settings
+    from it (its protocol keeps the training clips out of the reference; its representation row inverts
+    real clips the same way)."""
+    settings = {key: value for key, value in asdict(request).items() if key not in ("out", "device")}
+    record = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "settings": settings,
+        "sample_clip": request.clip or model.sample_clip,
+        "mel": json.loads(model.mel.to_json()),
+        "normalize": model.normalize,
+        "griffin_lim_iters": request.griffin_lim_iters,
+        "training": model.training,
+        "mlflow_run_id": model.mlflow_run_id,
+    }
+    return write_text_atomic(out / GENERATION_RECORD, json.dumps(record, indent=2))
 
 
 def write_manifest(out: Path, rows: list[dict]) -> Path:
@@ -103,6 +129,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--griffin-lim-iters", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--clip", default="", choices=["", *SAMPLE_CLIPS],
+                        help="x0 clipping at each step (default: the model's own sample.clip)")  # fmt: skip
     parser.add_argument("--device", default="", help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     return parser.parse_args(argv)
 
@@ -128,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     request = GenerationRequest(
         model=args.model, out=args.out, per_class=args.per_class, classes=parse_classes(args.classes),
         scheduler=args.scheduler, steps=args.steps, guidance_scale=args.guidance_scale, batch_size=args.batch_size,
-        griffin_lim_iters=args.griffin_lim_iters, seed=args.seed, device=args.device,
+        griffin_lim_iters=args.griffin_lim_iters, seed=args.seed, device=args.device, clip=args.clip,
     )  # fmt: skip
     manifest = generate(request)
     print(f"wrote {manifest}")

@@ -33,7 +33,7 @@ from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from core.config import Config, config_hash, flatten, load_config, to_yaml
+from core.config import Config, config_hash, flatten, load_config, sample_seed, to_yaml
 from core.errors import UserError, exit_on_user_error
 from core.files import write_text_atomic
 from core.model import build_unet
@@ -42,8 +42,10 @@ from core.spectrograms import (
     SpectrogramBatches,
     build_spectrogram_cache,
     mel_settings,
-    select_folds,
+    select_clips,
     to_model_range,
+    training_clips,
+    training_record,
 )
 from core.tracking import RunLogger, configure_tracking, git_commit, redact_uri
 from training.checkpoints import complete_checkpoints, load_latest_checkpoint, save_checkpoint
@@ -91,14 +93,16 @@ def make_accelerator(config: Config) -> Accelerator:
     )
 
 
-def build_data(config: Config, accelerator: Accelerator) -> tuple[SpectrogramBatches, DataLoader, int]:
-    """Cached spectrograms (computed once, by the main process) streamed: this process's share.
+def build_data(config: Config, accelerator: Accelerator) -> tuple[SpectrogramBatches, DataLoader, int, dict]:
+    """Cached spectrograms (computed once, by the main process) streamed: this process's share, and the
+    record of which clips they are (saved with the model, so evaluation never scores against them).
 
     Every process runs the same number of batches per epoch (DDP would hang otherwise).
     """
     with accelerator.main_process_first():
         table = build_spectrogram_cache(config.data, show_progress=accelerator.is_main_process)
-    table = select_folds(table, config.data.folds)
+    clips = training_clips(config.data)
+    table = select_clips(table, list(clips["filename"]))
     world, batch_size = accelerator.num_processes, config.train.batch_size
     batches_per_epoch = (len(table) // world) // batch_size
     if batches_per_epoch == 0:
@@ -112,7 +116,7 @@ def build_data(config: Config, accelerator: Accelerator) -> tuple[SpectrogramBat
     loader = DataLoader(
         stream, batch_size=None, num_workers=config.train.dataloader_workers, generator=torch.Generator()
     )
-    return stream, loader, batches_per_epoch
+    return stream, loader, batches_per_epoch, training_record(config.data, clips)
 
 
 def train(
@@ -159,7 +163,7 @@ def train_in_folder(
     stop_after_steps: int | None,
 ) -> TrainResult:
     """The body of `train`, in a folder this process has claimed and locked: data, model, loop, model."""
-    stream, loader, batches_per_epoch = build_data(config, accelerator)
+    stream, loader, batches_per_epoch, trained_on = build_data(config, accelerator)
     world = accelerator.num_processes
 
     # Model, EMA, optimizer, schedules.
@@ -256,11 +260,12 @@ def train_in_folder(
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model)
         with ema_weights(ema, final):
-            diffusion = as_diffusion_model(final, noise_scheduler, mel, config, run.run_id if run else "")
+            diffusion = as_diffusion_model(final, noise_scheduler, mel, config, run.run_id if run else "", trained_on)
             diffusion.save(model_dir)
             if step == config.train.max_steps:
                 samples = output_dir / "samples" / "final"
-                write_class_samples(diffusion, list(config.train.sample_classes), samples, config.sample, config.seed)
+                classes = list(config.train.sample_classes)
+                write_class_samples(diffusion, classes, samples, config.sample, sample_seed(config))
     if step < config.train.max_steps:  # stopped early on request: checkpoint, then hand back
         return stop_early(accelerator, output_dir, step, config, run, losses)
     if accelerator.is_main_process:
@@ -284,11 +289,13 @@ def stop_early(accelerator: Accelerator, output_dir: Path, step: int, config: Co
     return TrainResult(output_dir, output_dir / "model", run.run_id if run else "", step, losses)
 
 
-def as_diffusion_model(unet, noise_scheduler: DDPMScheduler, mel, config: Config, run_id: str) -> DiffusionModel:
+def as_diffusion_model(
+    unet, noise_scheduler: DDPMScheduler, mel, config: Config, run_id: str, trained_on: dict | None = None
+) -> DiffusionModel:
     null_class = unet.config.num_class_embeds - 1 if config.model.class_dropout > 0 else None
     return DiffusionModel(
         unet=unet, noise_schedule=dict(noise_scheduler.config), mel=mel, normalize=config.data.normalize,
-        null_class=null_class, mlflow_run_id=run_id,
+        null_class=null_class, mlflow_run_id=run_id, sample_clip=config.sample.clip, training=trained_on,
     )  # fmt: skip
 
 
@@ -311,7 +318,9 @@ def log_samples(accelerator, model, ema, noise_scheduler, mel, config: Config, r
         with ema_weights(ema, unet):
             unet.eval()
             diffusion = as_diffusion_model(unet, noise_scheduler, mel, config, "")
-            write_class_samples(diffusion, list(config.train.sample_classes), folder, config.sample, config.seed)
+            write_class_samples(
+                diffusion, list(config.train.sample_classes), folder, config.sample, sample_seed(config)
+            )
             unet.train()
         if run:
             run.log_artifacts(folder, f"samples/step_{step:06d}")
@@ -342,7 +351,8 @@ def start_run(
     tags.update(run_tags or {})
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    params = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in flatten(without_secrets(config)).items()]
+    recorded = {**flatten(without_secrets(config)), "sample.seed_resolved": sample_seed(config)}
+    params = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in recorded.items()]
     client.log_batch(run_id, params=params, tags=[mlflow.entities.RunTag(k, v) for k, v in tags.items()])
     client.log_artifact(run_id, str(output_dir / "config.yaml"))
     write_text_atomic(record, json.dumps({"mlflow_run_id": run_id}))

@@ -246,10 +246,14 @@ def log_ceiling(spec: SweepSpec, parent_run_id: str) -> None:
     client = mlflow.tracking.MlflowClient()
     if not evaluate.ceiling or any(k.startswith("real_") for k in client.get_run(parent_run_id).data.metrics):
         return
+    from core.config import DataConfig
+    from core.spectrograms import training_clips
+
+    data = DataConfig(**spec.base["data"])  # the base config's training clips: what the protocol keeps out
+    options = {"trained_on": list(training_clips(data)["filename"]), "training_source": data.source}
     metrics = score_real(
-        evaluate.reference or spec.base["data"]["source"], list(evaluate.metrics),
-        reference_folds=tuple(evaluate.reference_folds), sample_rate=spec.base["data"]["sample_rate"],
-        cache_dir=evaluate.cache_dir, **dict(evaluate.options),
+        evaluate.reference or data.source, list(evaluate.metrics), reference_folds=tuple(evaluate.reference_folds),
+        sample_rate=data.sample_rate, cache_dir=evaluate.cache_dir, **{**options, **dict(evaluate.options)},
     )  # fmt: skip
     now = int(time.time() * 1000)
     client.log_batch(parent_run_id, metrics=[Metric(f"real_{k}", float(v), now, 0) for k, v in metrics.items()])

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.config import Config
+from core.config import Config, sample_seed
 from core.files import write_text_atomic
 from tuning.spec import SAMPLE_INDEX, SweepSpec, trial_key
 
@@ -178,7 +178,8 @@ def generate_and_score(context: TrialContext, config: Config, model_dir: Path, r
             model=str(model_dir), out=str(generated), per_class=settings.generate.per_class,
             classes=list(settings.generate.classes) or None, scheduler=config.sample.scheduler,
             steps=config.sample.steps, guidance_scale=config.sample.guidance_scale,
-            batch_size=config.sample.batch_size, griffin_lim_iters=config.sample.griffin_lim_iters, seed=config.seed,
+            batch_size=config.sample.batch_size, griffin_lim_iters=config.sample.griffin_lim_iters,
+            seed=sample_seed(config),
         ),
         show_progress=False,
     )  # fmt: skip
@@ -186,7 +187,7 @@ def generate_and_score(context: TrialContext, config: Config, model_dir: Path, r
     metrics = score_generated(
         str(generated), evaluate.reference or config.data.source, list(evaluate.metrics),
         reference_folds=tuple(evaluate.reference_folds), sample_rate=config.data.sample_rate,
-        cache_dir=evaluate.cache_dir, show_progress=False, **dict(evaluate.options),
+        cache_dir=evaluate.cache_dir, show_progress=False, real_row=evaluate.ceiling, **dict(evaluate.options),
     )  # fmt: skip
     evaluation_dir = output_dir / ("evaluation" if context.spec.stages == 1 else f"evaluation_stage{stage + 1}")
     write_text_atomic(evaluation_dir / "metrics.json", json.dumps(metrics, indent=2))
