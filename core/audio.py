@@ -48,6 +48,10 @@ def decode_audio(source: str | os.PathLike | bytes, sample_rate: int, seconds: f
         raise BadAudioError(f"audio file {name} is pure silence")
     if samples.dtype == np.int16:  # scaled as libsndfile scales 16-bit PCM to float: the same samples
         mono = np.multiply(mono, np.float32(1 / 32768), dtype=np.float32)
+    elif not from_integers:
+        peak = float(np.abs(mono).max())
+        if peak > 1.0:  # a float clip beyond full scale (1e35): scaled to full scale, or resampling overflows to inf
+            mono = mono / np.float32(peak)
     if native_rate != sample_rate:
         import soxr  # imported here: only needed when rates differ
 

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,14 +58,10 @@ def score_generated(
     evaluator = build_evaluator(
         reference, metrics, reference_folds, sample_rate, cache_dir, show_progress, eval_options
     )
-    with tempfile.TemporaryDirectory(prefix="representation-") as work:
-        if generated_dir is None:
-            real = evaluator.score(evaluator.split.held_out, desc="real").metrics
-            result = dict(real)
-        else:
-            scored = score_sets(evaluator, read_manifest(generated_dir), record if real_row else None, Path(work),
-                                real_row)  # fmt: skip
-            result = flat_metrics(scored)
+    if generated_dir is None:
+        result = dict(evaluator.score(evaluator.split.held_out, desc="real").metrics)
+    else:
+        result = flat_metrics(score_sets(evaluator, read_manifest(generated_dir), record, real_row))
     if run_id:
         log_evaluation(run_id, result, None, tags=evaluator.describe())
     return result
@@ -87,9 +82,7 @@ REPRESENTATION = "representation"
 ROW_PREFIX = {REAL: "real_", REPRESENTATION: "repr_", GENERATED: ""}  # how each row's metrics are logged
 
 
-def score_sets(
-    evaluator: Evaluator, clips, record: dict | None, work_dir: Path, real_row: bool = True
-) -> dict[str, ScoredSet]:
+def score_sets(evaluator: Evaluator, clips, record: dict | None, real_row: bool = True) -> dict[str, ScoredSet]:
     """The generated clips, and with `real_row` the real ceiling and (when `record` names the generator's mel
     settings) the representation ceiling: real held-out clips through mel -> Griffin-Lim, scored alike."""
     scored = {}
@@ -97,11 +90,11 @@ def score_sets(
         scored[REAL] = evaluator.score(evaluator.split.held_out, desc="real")
         if record and record.get("mel"):
             from core.audio import MelSettings
-            from evaluation.roundtrip import round_trip_clips
+            from evaluation.roundtrip import cached_round_trip
 
             mel = MelSettings(**record["mel"])
-            trip = round_trip_clips(
-                evaluator.split.held_out, mel, int(record.get("griffin_lim_iters", 32)), work_dir, 0,
+            trip = cached_round_trip(
+                evaluator.split.held_out, mel, int(record.get("griffin_lim_iters", 32)), evaluator.cache_dir, 0,
                 evaluator.show_progress,
             )  # fmt: skip
             scored[REPRESENTATION] = evaluator.score(trip, desc="representation")
@@ -243,7 +236,7 @@ def evaluate(request: EvaluationRequest, show_progress: bool = True) -> Evaluati
         generate(GenerationRequest(model=str(model_dir), out=str(generated), **request.generation), show_progress)
         clips = read_manifest(generated)
 
-    scored = score_sets(evaluator, clips, record, out / "representation_ceiling", request.real_row)
+    scored = score_sets(evaluator, clips, record, request.real_row)
     labels = {REAL: REAL_ROW, REPRESENTATION: REPRESENTATION_ROW, GENERATED: name}
     rows = {labels[kind]: result.metrics for kind, result in scored.items()}
     flat = flat_metrics(scored)

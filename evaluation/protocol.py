@@ -110,6 +110,7 @@ def split_reference(
             rule = "none: the reference may hold training clips (asked for)"
         else:
             shared = sharing_a_recording(clips, in_source) if len(in_source) else pd.Series(False, index=clips.index)
+            _refuse_folds_holding_training(clips[shared], folds, source)
             excluded = int(shared.sum())
             clips = clips[~shared]
             rule = f"every recording the generator trained on left out ({excluded} clips)"
@@ -140,6 +141,17 @@ def split_reference(
         excluded_for_training=excluded,
     )  # fmt: skip
     return split
+
+
+def _refuse_folds_holding_training(shared: pd.DataFrame, folds, source: str) -> None:
+    """Folds asked for by name that hold the generator's training recordings: a request that contradicts itself."""
+    asked = shared[shared["fold"].isin([int(f) for f in folds])]
+    if len(asked):
+        named = ", ".join(str(f) for f in sorted(set(asked["fold"])))
+        raise UserError(
+            f"--reference-folds: fold(s) {named} of {source} hold {len(asked)} clips of recordings the generator "
+            "trained on; leave them out (the default reference is what it never heard) or pass --allow-training-overlap"
+        )
 
 
 def _only(clips: pd.DataFrame, classes: list[int]) -> pd.DataFrame:

@@ -68,6 +68,11 @@ def test_unknown_or_overlapping_training_clips_need_the_explicit_flag(esc50_mini
     everything = [path.name for path in (esc50_mini / "audio").iterdir()]
     with pytest.raises(UserError, match="outside the generator's training recordings"):
         split_reference(str(esc50_mini), trained_on=everything)
+    # Folds asked for by name that hold training recordings contradict the protocol: refused, not quietly trimmed.
+    with pytest.raises(
+        UserError, match=r"--reference-folds: fold\(s\) 4 .* hold \d+ clips of recordings the generator"
+    ):
+        split_reference(str(esc50_mini), [4], trained_on=[n for n in sorted(everything) if n.startswith("4-")][:10])
 
 
 def test_other_folds_are_the_ceiling_when_they_cover_every_class(tmp_path, esc50_mini):
@@ -96,7 +101,7 @@ def test_too_small_a_reference_for_an_interval_is_refused(tmp_path, esc50_mini):
     lines = meta.read_text().splitlines()
     meta.write_text("\n".join([lines[0]] + [line for line in lines[1:] if line.split(",")[2] in ("0", "1")]) + "\n")
     split = split_reference(str(source), trained_on=[])
-    with pytest.raises(UserError, match=r"the reference set of .* has \d clips: a bootstrap interval needs at least 10"):
+    with pytest.raises(UserError, match=r"the reference set of .* has \d clips: a bootstrap interval needs at least"):
         check_interval_sizes(split, bootstrap=100)
     check_interval_sizes(split, bootstrap=0)  # no intervals asked for: fine
 
