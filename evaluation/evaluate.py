@@ -52,7 +52,29 @@ def score_generated(
     settings, the representation ceiling's as `repr_<name>`; `run_id=ID` logs the result to that MLflow run
     (no artifacts). `generated_dir=None` scores only the real held-out clips (`score_real`).
     """
-    real_row, run_id = bool(options.pop("real_row", False)), str(options.pop("run_id", "") or "")
+    run_id = str(options.pop("run_id", "") or "")
+    result, tags = score_with_protocol(
+        generated_dir, reference, metrics, reference_folds=reference_folds, sample_rate=sample_rate,
+        cache_dir=cache_dir, show_progress=show_progress, **options,
+    )  # fmt: skip
+    if run_id:
+        log_evaluation(run_id, result, None, tags=tags)
+    return result
+
+
+def score_with_protocol(
+    generated_dir: str | Path | None,
+    reference: str,
+    metrics: list[str],
+    *,
+    reference_folds: list[int] | tuple = (),
+    sample_rate: int = 22050,
+    cache_dir: str | Path = ".cache/evaluation",
+    show_progress: bool = True,
+    **options,
+) -> tuple[dict[str, float], dict[str, str]]:
+    """`score_generated`'s metrics, and the protocol they were measured under (the `evaluation.*` tags)."""
+    real_row = bool(options.pop("real_row", False))
     record = read_generation_record(generated_dir) if generated_dir is not None else {}
     eval_options = _protocol_options(EvalOptions.from_options(options), record)
     evaluator = build_evaluator(
@@ -62,9 +84,7 @@ def score_generated(
         result = dict(evaluator.score(evaluator.split.held_out, desc="real").metrics)
     else:
         result = flat_metrics(score_sets(evaluator, read_manifest(generated_dir), record, real_row))
-    if run_id:
-        log_evaluation(run_id, result, None, tags=evaluator.describe())
-    return result
+    return result, evaluator.describe()
 
 
 def score_real(reference: str, metrics: list[str], **options) -> dict[str, float]:

@@ -212,3 +212,26 @@ def test_cli_exits_2_naming_the_missing_weights(tmp_path, esc50_mini, capsys):
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: vggish weights missing offline") and str(tmp_path / "empty") in error
     assert len(error.splitlines()) == 1
+
+
+def test_fad_gets_an_interval_fad_infinity_and_the_memorization_share(ckpt_dir, tmp_path):
+    """Through the evaluator, as for any backbone: PANN (random weights) on tone clips of three classes."""
+    from evaluation.memorization import FLAG_SHARE
+    from evaluation.protocol import ReferenceSplit
+    from evaluation.scoring import EvalOptions, Evaluator
+
+    def clips(name: str, noise: float, count: int) -> pd.DataFrame:
+        table = tone_clips(tmp_path / name, 16000, noise, count)
+        return table.assign(filename=[f"{name}-{n}" for n in table["filename"]])
+
+    training = clips("training", 0.05, 6)
+    split = ReferenceSplit("tones", clips("reference", 0.02, 12), clips("held-out", 0.03, 10), "test", [0, 1, 2],
+                           training=training)  # fmt: skip
+    options = EvalOptions(fad_model="pann", ckpt_dir=str(ckpt_dir), clip_seconds=SECONDS, bootstrap=50, peak=0)
+    evaluator = Evaluator(split, ["fad"], options, tmp_path / "cache", sample_rate=16000, show_progress=False)
+    copies = evaluator.score(training, memorization=True).metrics  # a generator replaying its training clips
+    assert copies["fad_pann_ci_low"] <= copies["fad_pann"] <= copies["fad_pann_ci_high"]
+    assert np.isfinite(copies["fad_pann_inf"])
+    assert copies["memorization_fad"] == 1.0
+    noise = evaluator.score(clips("noise", 0.8, 9), memorization=True).metrics  # nothing like the training clips
+    assert noise["memorization_fad"] < FLAG_SHARE

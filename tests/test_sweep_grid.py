@@ -56,6 +56,9 @@ def test_tiny_grid_gives_eight_child_runs_under_one_parent_and_the_table(
         assert run.info.status == "FINISHED"
         assert run.data.params["train.loss"] == run.data.tags["train.loss"]  # the trial trained what it is tagged
         assert {"esc_top1", "fd_esc", "loss"} <= set(run.data.metrics)
+        # Each configuration's own ceilings, intervals and memorization share, under a protocol it records.
+        assert {"real_fd_esc", "repr_fd_esc", "fd_esc_ci_low", "memorization_esc"} <= set(run.data.metrics)
+        assert run.data.tags["evaluation.reference_overlaps_training"] == "false"
         assert Path(run.data.tags["output_dir"]).parent == outcome.sweep_dir / "trials"
     parent = mlflow.get_run(outcome.parent_run_id)
     assert parent.info.status == "FINISHED" and json.loads(parent.data.tags["sweep.axes"]) == list(spec.grid)
@@ -64,6 +67,9 @@ def test_tiny_grid_gives_eight_child_runs_under_one_parent_and_the_table(
     table = (outcome.report_dir / "report.csv").read_text().splitlines()
     assert len(table) == 1 + 8 + 1  # header, one row per configuration (1 seed each), the ceiling
     assert table[-1].startswith("real data (ceiling)")
+    markdown = (outcome.report_dir / "report.md").read_text()
+    assert "Protocol: reference" in markdown and "Difference from the baseline (loss=l2" in markdown
+    assert "| representation of loss=l1, attention=False, normalize=False |" in markdown
     reported = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(outcome.parent_run_id, "report")}
     assert reported == {"report/report.md", "report/report.csv", "report/report.png"}
 

@@ -167,7 +167,7 @@ def train_and_score(
 
 
 def generate_and_score(context: TrialContext, config: Config, model_dir: Path, run_id: str, stage: int) -> dict:
-    from evaluation.evaluate import log_evaluation, score_generated
+    from evaluation.evaluate import log_evaluation, score_with_protocol
     from training.generate import GenerationRequest, generate
 
     settings = context.spec.settings
@@ -184,15 +184,16 @@ def generate_and_score(context: TrialContext, config: Config, model_dir: Path, r
         show_progress=False,
     )  # fmt: skip
     evaluate = settings.evaluate
-    metrics = score_generated(
+    metrics, protocol = score_with_protocol(
         str(generated), evaluate.reference or config.data.source, list(evaluate.metrics),
         reference_folds=tuple(evaluate.reference_folds), sample_rate=config.data.sample_rate,
         cache_dir=evaluate.cache_dir, show_progress=False, real_row=evaluate.ceiling, **dict(evaluate.options),
     )  # fmt: skip
     evaluation_dir = output_dir / ("evaluation" if context.spec.stages == 1 else f"evaluation_stage{stage + 1}")
     write_text_atomic(evaluation_dir / "metrics.json", json.dumps(metrics, indent=2))
+    write_text_atomic(evaluation_dir / "protocol.json", json.dumps(protocol, indent=2, sort_keys=True))
     if run_id:
-        log_evaluation(run_id, metrics, evaluation_dir)
+        log_evaluation(run_id, metrics, evaluation_dir, tags=protocol)
     return {name: float(value) for name, value in metrics.items()}
 
 
