@@ -89,8 +89,10 @@ class SampleConfig:
     batch_size: int = 32
     griffin_lim_iters: int = 32
     # How the sampler clips its estimate of the clean spectrogram at each step: `data_range` ([-1, 1]
-    # with data.normalize, [0, 1] without), `legacy` ([-1, 1] whatever the range: models saved before
-    # this key existed) or `none` (only the final clamp).
+    # with data.normalize, [0, 1] without, the same way in both modes), `legacy` (diffusers' own clip to
+    # [-1, 1] whatever the range: how models saved before this key existed sample) or `none` (only the
+    # final clamp). With DDPM, data_range and legacy agree on normalized models; DDIM's own clip keeps the
+    # unclipped noise for its direction term, data_range re-derives it from the clipped x0.
     clip: str = "data_range"
     seed: int = -1  # generation seed of training's samples and of sweeps' clips; -1 = derived from `seed`
 
@@ -163,6 +165,9 @@ def _describe_omegaconf_error(error: OmegaConfBaseException, path: Any) -> str:
     return f"invalid config key '{key}'{where}: {first_line}"
 
 
+SAMPLE_CLIPS = ("data_range", "legacy", "none")  # sample.clip: see core.pipeline.clip_to_data_range
+
+
 def _require(condition: bool, key: str, message: str) -> None:
     if not condition:
         raise UserError(f"invalid config key '{key}': {message}")
@@ -225,8 +230,6 @@ def validate(config: Config) -> None:
     _require(sample.seed >= -1, "sample.seed", "must be >= 0, or -1 (derived from seed)")
     _require(data.holdout_recordings >= 0, "data.holdout_recordings", "must be >= 0")
 
-
-SAMPLE_CLIPS = ("data_range", "legacy", "none")
 
 
 def sample_seed(config: Config) -> int:

@@ -25,6 +25,7 @@ from core.errors import UserError
 from core.esc50 import ESC50_CATEGORIES
 
 MODEL_MANIFEST = "audio.json"
+GENERATION_RECORD = "generation.json"  # beside generated clips' manifest: what made them (written by generate)
 
 
 @dataclass
@@ -138,7 +139,9 @@ def clip_to_data_range(
     diffusers' samplers clip x0 to a symmetric [-r, r]; a model trained on [0, 1] (data.normalize=false)
     needs [0, 1], or x0 may wander to -1, which the data never reaches. x0 = (x_t - sqrt(1-a) eps) / sqrt(a)
     is clipped, and the noise is re-derived from it: a sampler stepping with that noise steps from the
-    clipped x0, in both normalization modes alike.
+    clipped x0, in both normalization modes alike. For DDPM that is exactly diffusers' own clipping; for
+    DDIM it is its `use_clipped_model_output=True` (its own clip keeps the unclipped noise for the
+    direction term), so DDIM samples of new normalized models differ slightly from `legacy` ones.
     """
     alpha_bar = alphas_cumprod.to(images.device)[t].to(torch.float32)
     signal, noise_level = alpha_bar.sqrt(), (1.0 - alpha_bar).sqrt()

@@ -221,15 +221,6 @@ def _save_atomically(table: datasets.Dataset, cache_dir: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def select_folds(table: datasets.Dataset, folds: list[int] | tuple[int, ...]) -> datasets.Dataset:
-    if not folds:
-        return table
-    selected = table.filter(lambda fold: fold in set(folds), input_columns="fold")
-    if len(selected) == 0:
-        raise UserError(f"no clips are in folds {list(folds)} (data.folds)")
-    return selected
-
-
 def training_clips(data: DataConfig) -> pd.DataFrame:
     """The clips a model with this data config trains on: `data.folds`, less `data.holdout_recordings`."""
     clips = read_clips(data.source, folds=data.folds, hub_split=data.hub_split)
@@ -237,9 +228,9 @@ def training_clips(data: DataConfig) -> pd.DataFrame:
     return clips[~held].reset_index(drop=True)
 
 
-def training_record(data: DataConfig, clips: pd.DataFrame) -> dict:
+def training_record(data: DataConfig, filenames: list[str]) -> dict:
     """What the model trained on, saved with it: evaluation keeps these clips (by recording) out of its reference."""
-    names = [str(name) for name in clips["filename"]]
+    names = [str(name) for name in filenames]
     return {
         "source": source_identity(data.source),
         "folds": list(data.folds),

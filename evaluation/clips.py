@@ -22,7 +22,6 @@ from core.esc50 import ESC50_CATEGORIES
 from evaluation.protocol import Preprocessing
 
 MANIFEST = "manifest.csv"
-GENERATION_RECORD = "generation.json"  # beside the manifest: what made the clips (model, settings, training record)
 CLIP_SECONDS = 5.0  # every clip is compared at ESC-50's length
 
 
@@ -121,7 +120,10 @@ def _decode(source, sample_rate: int, seconds: float, name: str, preprocessing: 
         return decode_audio(source, sample_rate, seconds, name=name)
     samples = decode_audio(source, preprocessing.sample_rate, seconds, name=name)
     if preprocessing.peak:
-        samples = samples * np.float32(preprocessing.peak / np.abs(samples).max())  # silence is rejected above
+        peak = float(np.abs(samples).max())
+        if peak == 0.0:  # decode_audio rejects silent files; this one is silent in the part that is scored
+            raise BadAudioError(f"audio file {name} is silent in its first {seconds:g} s")
+        samples = samples * np.float32(preprocessing.peak / peak)
     if preprocessing.sample_rate != sample_rate:
         import soxr
 

@@ -20,12 +20,13 @@ from core.config import DEFAULT_SOURCE
 from core.errors import UserError, exit_on_user_error
 from core.files import write_text_atomic
 from evaluation import table
-from evaluation.clips import GENERATION_RECORD, read_manifest
+from evaluation.clips import read_manifest
 from evaluation.fad import CKPT_DIR_ENV, FAD_MODELS
 from evaluation.protocol import check_interval_sizes, split_reference
 from evaluation.scoring import METRIC_GROUPS, EvalOptions, Evaluator, ScoredSet, parse_metric_groups
 
 log = logging.getLogger(__name__)
+DEFAULT_SAMPLE_RATE = 22050  # the data's default rate (core.config.DataConfig.sample_rate)
 REAL_ROW = "real data (held-out)"
 REPRESENTATION_ROW = "real data through mel + Griffin-Lim (representation ceiling)"
 
@@ -36,7 +37,7 @@ def score_generated(
     metrics: list[str],
     *,
     reference_folds: list[int] | tuple = (),
-    sample_rate: int = 22050,
+    sample_rate: int = 0,
     cache_dir: str | Path = ".cache/evaluation",
     show_progress: bool = True,
     **options,
@@ -46,11 +47,12 @@ def score_generated(
     `evaluation.protocol`: the generator's training clips (from `generation.json` beside the manifest, or the
     `trained_on` option) are never the reference.
 
-    `sample_rate` is the generator's rate (the bandwidth both sides are limited to; the offline scorer's rate);
-    FAD and CLAP resample to their own models' rates. `options` are `EvalOptions` fields, and: `real_row=True`
-    adds the real held-out clips' metrics as `real_<name>` and, when the generation record names the mel
-    settings, the representation ceiling's as `repr_<name>`; `run_id=ID` logs the result to that MLflow run
-    (no artifacts). `generated_dir=None` scores only the real held-out clips (`score_real`).
+    `sample_rate` is the generator's rate (the bandwidth both sides are limited to; the offline scorer's rate):
+    0 = the one its generation record names, else 22,050 Hz. FAD and CLAP resample to their own models' rates.
+    `options` are `EvalOptions` fields, and: `real_row=True` adds the real held-out clips' metrics as
+    `real_<name>` and, when the generation record names the mel settings, the representation ceiling's as
+    `repr_<name>`; `run_id=ID` logs the result to that MLflow run (no artifacts). `generated_dir=None` scores
+    only the real held-out clips (`score_real`).
     """
     run_id = str(options.pop("run_id", "") or "")
     result, tags = score_with_protocol(
@@ -68,7 +70,7 @@ def score_with_protocol(
     metrics: list[str],
     *,
     reference_folds: list[int] | tuple = (),
-    sample_rate: int = 22050,
+    sample_rate: int = 0,
     cache_dir: str | Path = ".cache/evaluation",
     show_progress: bool = True,
     **options,
@@ -76,6 +78,7 @@ def score_with_protocol(
     """`score_generated`'s metrics, and the protocol they were measured under (the `evaluation.*` tags)."""
     real_row = bool(options.pop("real_row", False))
     record = read_generation_record(generated_dir) if generated_dir is not None else {}
+    sample_rate = generator_rate(record, sample_rate)
     eval_options = _protocol_options(EvalOptions.from_options(options), record)
     evaluator = build_evaluator(
         reference, metrics, reference_folds, sample_rate, cache_dir, show_progress, eval_options
@@ -129,8 +132,21 @@ def flat_metrics(scored: dict[str, ScoredSet]) -> dict[str, float]:
     return flat
 
 
+def generator_rate(record: dict, given: int = 0) -> int:
+    """The generated clips' sample rate: from their record; a different one asked for would unmatch the bandwidth."""
+    recorded = int((record.get("mel") or {}).get("sample_rate", 0))
+    if recorded and given and recorded != given:
+        raise UserError(
+            f"sample rate {given} Hz asked for, but the clips were generated at {recorded} Hz (generation.json): "
+            "real clips are limited to the generator's bandwidth, so leave it out"
+        )
+    return recorded or given or DEFAULT_SAMPLE_RATE
+
+
 def read_generation_record(folder: str | Path) -> dict:
     """`generation.json` beside a generated folder's manifest (written by training.generate); {} when absent."""
+    from core.pipeline import GENERATION_RECORD  # imported here: diffusers is not needed to read a record
+
     path = Path(folder) / GENERATION_RECORD
     if not path.is_file():
         return {}
@@ -201,7 +217,7 @@ class EvaluationRequest:
     out: str = ""  # "" = outputs/evaluation/<name of the generated folder or model>
     json: str = ""
     real_row: bool = True
-    sample_rate: int = 22050  # the generator's rate when its record does not say
+    sample_rate: int = 0  # the generator's rate: 0 = the one its record names, else 22,050 Hz
     cache_dir: str = ".cache/evaluation"
     mlflow: bool = True
     tracking_uri: str = ""
@@ -214,7 +230,7 @@ class EvaluationRequest:
 
 @dataclass
 class EvaluationOutcome:
-    metrics: dict[str, float]  # generated metrics, and the real row's prefixed `real_`
+    metrics: dict[str, float]  # generated metrics, the real row's prefixed `real_`, the representation's `repr_`
     rows: dict[str, dict[str, float]]
     out_dir: Path
     run_id: str
@@ -245,7 +261,7 @@ def evaluate(request: EvaluationRequest, show_progress: bool = True) -> Evaluati
         record = model_record(model_dir, request.generation)
     options = _protocol_options(request.options, record)
     # The protocol is settled (and a leaking or unknown reference refused) before any weights load or clip is made.
-    sample_rate = int((record.get("mel") or {}).get("sample_rate", request.sample_rate))  # the generator's rate
+    sample_rate = generator_rate(record, request.sample_rate)
     evaluator = build_evaluator(
         request.reference, groups, request.reference_folds, sample_rate, request.cache_dir, show_progress, options
     )

@@ -74,6 +74,7 @@ class ReferenceSplit:
             "evaluation.classes": str(len(self.classes)),
             "evaluation.training_clips": "unknown" if self.training is None else str(len(self.training)),
             "evaluation.training_rule": self.training_rule,
+            "evaluation.excluded_for_training": str(self.excluded_for_training),
             "evaluation.reference_overlaps_training": str(self.overlaps_training).lower(),
         }
         return tags
@@ -206,6 +207,8 @@ def protocol_lines(tags: dict[str, str]) -> list[str]:
     ]
     if tag("reference_overlaps_training") == "true":
         lines.insert(0, "WARNING: the reference may hold clips the generator trained on (--allow-training-overlap).")
+    if "evaluation.representation_ceiling" in tags:
+        lines.append(f"Representation ceiling: {tag('representation_ceiling')}.")
     if tag("generated_left_out", "0") != "0":
         lines.append(
             f"Generated clips of classes without reference or ceiling clips, not scored: {tag('generated_left_out')}."

@@ -91,7 +91,8 @@ def summarize(
     paired difference from the baseline configuration (`<metric>_diff`, `_diff_low`, `_diff_high`), its
     representation ceiling (`repr_<metric>_mean`), memorization shares, and the paper's values.
 
-    The ceiling row averages the `real_*` metrics found in `runs` and `ceiling_runs` (e.g. the parent run).
+    The ceiling row averages the `real_*` metrics of `ceiling_runs` when they hold any and are not all the
+    runs (a sweep's parent run), else those found in `runs` and `ceiling_runs`, each run once.
     `baseline`: `key=value,...` (axis names may be shortened to their last part); empty = the study's best
     configuration (L2) when present, else the first.
     """
@@ -125,8 +126,11 @@ def summarize(
     table = pd.DataFrame(rows)
     if len(table):
         _add_differences(table, per_seed, metrics, _baseline_index(table, axes, baseline))
-    # The ceiling's runs may overlap `runs` (a whole-experiment report): each run counts once.
+    # A sweep's parent holds the ceiling once; its trials score the same clips again (beside their own
+    # representation ceilings), which would only repeat it. Without a parent's: every run's, each once.
     pool = runs if ceiling_runs is None else pd.concat([runs, ceiling_runs]).drop_duplicates("run_id")
+    if ceiling_runs is not None and _has_ceiling(ceiling_runs) and len(ceiling_runs) < len(pool):
+        pool = ceiling_runs
     ceiling = _ceiling_row(pool, metrics)
     if ceiling:
         table = pd.concat([table, pd.DataFrame([ceiling])], ignore_index=True)
@@ -164,7 +168,7 @@ def _add_differences(table: pd.DataFrame, per_seed: list[dict], metrics: list[st
         table[f"{metric}_diff"] = [d[0] for d in differences]
         table[f"{metric}_diff_low"] = [d[1] for d in differences]
         table[f"{metric}_diff_high"] = [d[2] for d in differences]
-        table["pairs"] = [d[3] for d in differences]
+        table[f"{metric}_pairs"] = [d[3] for d in differences]
 
 
 def _published_for(group: pd.DataFrame) -> tuple[str, tuple]:
@@ -173,6 +177,10 @@ def _published_for(group: pd.DataFrame) -> tuple[str, tuple]:
         if all(str(first.get(f"params.{key}", "")) == value for key, value in settings.items()):
             return label, values
     return "", (math.nan,) * len(PUBLISHED_METRICS)
+
+
+def _has_ceiling(runs: pd.DataFrame) -> bool:
+    return any(runs.get(f"metrics.{REAL_PREFIX}{m}", pd.Series(dtype=float)).notna().any() for m in METRICS)
 
 
 def _ceiling_row(runs: pd.DataFrame, metrics: list[str]) -> dict | None:
@@ -231,7 +239,8 @@ def _differences_markdown(table: pd.DataFrame, metrics: list[str]) -> str:
     for _, row in table.iterrows():
         if row["baseline"]:
             continue
-        cells = [str(row["configuration"]), str(int(row.get("pairs", 0) or 0))]
+        pairs = min(int(row.get(f"{m}_pairs", 0) or 0) for m in metrics) if metrics else 0
+        cells = [str(row["configuration"]), str(pairs)]
         for metric in metrics:
             mean, low, high = (row.get(f"{metric}_diff{s}") for s in ("", "_low", "_high"))
             if mean is None or math.isnan(mean):

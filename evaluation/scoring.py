@@ -20,7 +20,7 @@ from core.errors import UserError
 from core.esc50 import ESC50_CATEGORIES, NUM_CLASSES
 from evaluation.clap import DEFAULT_TEMPLATE, ZeroShotClassifier, load_clap_model
 from evaluation.clips import CLIP_SECONDS
-from evaluation.intervals import bootstrap_frechet, bootstrap_ranking, frechet_infinity
+from evaluation.intervals import MIN_INFINITY_CLIPS, bootstrap_frechet, bootstrap_ranking, frechet_infinity
 from evaluation.memorization import FLAG_SHARE, clip_embeddings, memorization_share
 from evaluation.metrics import embedding_frechet_distance, ranking_metrics, target_ranks
 from evaluation.protocol import PEAK_LEVEL, Preprocessing, ReferenceSplit
@@ -57,6 +57,12 @@ class EvalOptions:
     peak: float = PEAK_LEVEL  # every clip, real or generated, peak-normalized to this before embedding; 0 = off
     bootstrap: int = 1000  # bootstrap draws for the 95% intervals; 0 = no intervals
     interval_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.peak <= 1.0:
+            raise UserError(f"evaluation option peak={self.peak} (--peak): give a peak amplitude in [0, 1], 0 = off")
+        if self.bootstrap < 0:
+            raise UserError(f"evaluation option bootstrap={self.bootstrap} (--bootstrap): must be >= 0")
 
     @classmethod
     def from_options(cls, options: dict) -> EvalOptions:
@@ -182,52 +188,58 @@ class Evaluator:
         (`<metric>_ci_low/_high`), FD-infinity (`<fd>_inf`), and with `memorization` the share of clips that
         sit nearer a training clip than real unseen clips do (`memorization_<group>`)."""
         self.prepare()
-        o = self.options
         evaluated = self.split.restrict(clips)
         if memorization:
             self.left_out = len(clips) - len(evaluated)
         if evaluated.empty:
             raise UserError(f"none of the {len(clips)} {desc} clips is of a class the reference and ceiling hold")
-        clips, targets = evaluated, evaluated["target"].to_numpy()
-        result = ScoredSet({}, targets)
-        if "fad" in self.groups:
-            from evaluation.fad import per_class_distances
-
-            embeddings, owners = self.fad_model.embed(
-                clips, o.clip_seconds, self.show_progress, desc, self.preprocessing
-            )
-            metric, reference = self.fad_model.metric, self.fad_reference
-            result.metrics[metric] = self.fad_model.distance(reference.embeddings, embeddings)
-            self._distance_uncertainty(result, metric, reference.embeddings, embeddings, reference.owners, owners)
-            result.per_class_distance[metric] = per_class_distances(
-                self.fad_model, reference, embeddings, owners, targets, o.min_class_clips
-            )
-            if memorization:
-                self._memorization(result, "fad", clip_embeddings(embeddings, owners))
-        if "clap" in self.groups:
-            scores = self.clap.scores(clips, o.clip_seconds, self.show_progress, f"CLAP {desc}", self.preprocessing)
-            result.class_scores["clap"] = scores
-            result.metrics.update(ranking_metrics(scores, targets, "ca"))
-            self._ranking_uncertainty(result, scores, targets, "ca")
-        if "esc" in self.groups:
-            logits, embeddings = self.scorer.predict(clips, self.show_progress, desc=f"ESC scorer {desc}")
-            result.class_scores["esc"] = logits
-            result.metrics.update(ranking_metrics(logits, targets, "esc"))
-            self._ranking_uncertainty(result, logits, targets, "esc")
-            result.metrics["fd_esc"] = self._fd_esc(embeddings)
-            self._distance_uncertainty(result, "fd_esc", self.scorer.reference_embeddings, embeddings)
-            result.per_class_distance["fd_esc"] = self._fd_esc_per_class(embeddings, targets)
-            if memorization:
-                self._memorization(result, "esc", embeddings)
+        result = ScoredSet({}, evaluated["target"].to_numpy())
+        for group, score_group in (("fad", self._score_fad), ("clap", self._score_clap), ("esc", self._score_esc)):
+            if group in self.groups:
+                score_group(evaluated, desc, memorization, result)
         return result
 
-    def _distance_uncertainty(self, result, metric, reference, embeddings, reference_owners=None, owners=None) -> None:
+    def _score_fad(self, clips: pd.DataFrame, desc: str, memorization: bool, result: ScoredSet) -> None:
+        from evaluation.fad import per_class_distances
+
+        o, targets = self.options, result.targets
+        embeddings, owners = self.fad_model.embed(clips, o.clip_seconds, self.show_progress, desc, self.preprocessing)
+        metric, reference = self.fad_model.metric, self.fad_reference
+        result.metrics[metric] = self.fad_model.distance(reference.embeddings, embeddings)
+        self._distance_uncertainty(result, metric, reference.embeddings, embeddings, reference.owners, owners)
+        result.per_class_distance[metric] = per_class_distances(
+            self.fad_model, reference, embeddings, owners, targets, o.min_class_clips
+        )
+        if memorization:
+            self._memorization(result, "fad", clip_embeddings(embeddings, owners))
+
+    def _score_clap(self, clips: pd.DataFrame, desc: str, memorization: bool, result: ScoredSet) -> None:
         o = self.options
-        if o.bootstrap <= 0 or len(embeddings) < 2:
-            return
-        low, high = bootstrap_frechet(reference, embeddings, o.bootstrap, o.interval_seed, reference_owners, owners)
-        result.metrics.update({f"{metric}_ci_low": low, f"{metric}_ci_high": high})
-        result.metrics[f"{metric}_inf"] = frechet_infinity(reference, embeddings, o.interval_seed, owners)
+        scores = self.clap.scores(clips, o.clip_seconds, self.show_progress, f"CLAP {desc}", self.preprocessing)
+        result.class_scores["clap"] = scores
+        result.metrics.update(ranking_metrics(scores, result.targets, "ca"))
+        self._ranking_uncertainty(result, scores, result.targets, "ca")
+
+    def _score_esc(self, clips: pd.DataFrame, desc: str, memorization: bool, result: ScoredSet) -> None:
+        logits, embeddings = self.scorer.predict(clips, self.show_progress, desc=f"ESC scorer {desc}")
+        result.class_scores["esc"] = logits
+        result.metrics.update(ranking_metrics(logits, result.targets, "esc"))
+        self._ranking_uncertainty(result, logits, result.targets, "esc")
+        result.metrics["fd_esc"] = self._fd_esc(embeddings)
+        self._distance_uncertainty(result, "fd_esc", self.scorer.reference_embeddings, embeddings)
+        result.per_class_distance["fd_esc"] = self._fd_esc_per_class(embeddings, result.targets)
+        if memorization:
+            self._memorization(result, "esc", embeddings)
+
+    def _distance_uncertainty(self, result, metric, reference, embeddings, reference_owners=None, owners=None) -> None:
+        """`<metric>_ci_low/_high` (with bootstrap draws asked for) and `<metric>_inf` (from 8 clips on)."""
+        o = self.options
+        clips = int(owners.max()) + 1 if owners is not None else len(embeddings)
+        if o.bootstrap > 0 and clips >= 2:
+            low, high = bootstrap_frechet(reference, embeddings, o.bootstrap, o.interval_seed, reference_owners, owners)
+            result.metrics.update({f"{metric}_ci_low": low, f"{metric}_ci_high": high})
+        if clips >= MIN_INFINITY_CLIPS:
+            result.metrics[f"{metric}_inf"] = frechet_infinity(reference, embeddings, o.interval_seed, owners)
 
     def _ranking_uncertainty(self, result: ScoredSet, scores: np.ndarray, targets: np.ndarray, prefix: str) -> None:
         if self.options.bootstrap <= 0:
@@ -239,9 +251,10 @@ class Evaluator:
             result.metrics.update({f"{metric}_ci_low": low, f"{metric}_ci_high": high})
 
     def _memorization(self, result: ScoredSet, group: str, generated: np.ndarray) -> None:
-        """`memorization_<group>`: see evaluation.memorization; skipped when the training clips are unknown."""
+        """`memorization_<group>`: see evaluation.memorization. Skipped when the training clips are unknown, and
+        when the reference may hold them (then so may the held-out clips, whose distances set the threshold)."""
         training = self.split.training
-        if training is None or training.empty:
+        if training is None or training.empty or self.split.overlaps_training:
             return
         if group not in self._neighbours:
             self._neighbours[group] = (self._clip_embeddings(group, self.split.held_out, "held-out"),

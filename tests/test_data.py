@@ -25,8 +25,9 @@ from core.spectrograms import (
     SpectrogramBatches,
     build_spectrogram_cache,
     from_model_range,
-    select_folds,
+    select_clips,
     to_model_range,
+    training_clips,
 )
 
 
@@ -56,7 +57,13 @@ def test_cache_shapes_ranges_and_reuse(esc50_mini, spectrogram_cache_dir) -> Non
         show_progress=False,
     )
     assert other.cache_files[0]["filename"] != table.cache_files[0]["filename"]  # new setting, new key
-    assert len(select_folds(table, [4])) == len(read_clips(str(esc50_mini), folds=[4]))
+    fold4 = training_clips(DataConfig(source=str(esc50_mini), folds=[4]))
+    assert len(select_clips(table, list(fold4["filename"]))) == len(read_clips(str(esc50_mini), folds=[4]))
+    # Held-out recordings leave training whole, every take: none of their recordings is trained on.
+    kept = training_clips(DataConfig(source=str(esc50_mini), holdout_recordings=3))
+    held = read_clips(str(esc50_mini)).loc[lambda c: ~c["filename"].isin(kept["filename"])]
+    assert len(kept) == 76 and not set(kept["src_file"]) & set(held["src_file"])
+    assert set(kept["target"]) == set(range(50))  # every class keeps a recording to learn from
 
 
 def test_parallel_and_serial_preprocessing_give_the_same_table_in_the_csvs_order(tmp_path, esc50_mini) -> None:

@@ -224,7 +224,7 @@ def test_fad_gets_an_interval_fad_infinity_and_the_memorization_share(ckpt_dir, 
         table = tone_clips(tmp_path / name, 16000, noise, count)
         return table.assign(filename=[f"{name}-{n}" for n in table["filename"]])
 
-    training = clips("training", 0.05, 6)
+    training = clips("training", 0.05, 8)  # 8 clips: enough for FD-infinity
     split = ReferenceSplit("tones", clips("reference", 0.02, 12), clips("held-out", 0.03, 10), "test", [0, 1, 2],
                            training=training)  # fmt: skip
     options = EvalOptions(fad_model="pann", ckpt_dir=str(ckpt_dir), clip_seconds=SECONDS, bootstrap=50, peak=0)

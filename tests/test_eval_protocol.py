@@ -15,8 +15,9 @@ import soundfile
 from core.audio import MelSettings, decode_audio, write_wav_atomic
 from core.config import DataConfig
 from core.errors import UserError
+from core.pipeline import GENERATION_RECORD
 from core.spectrograms import training_clips, training_record
-from evaluation.clips import GENERATION_RECORD, decoded_batches
+from evaluation.clips import decoded_batches
 from evaluation.evaluate import score_generated
 from evaluation.memorization import FLAG_SHARE
 from evaluation.protocol import Preprocessing, check_interval_sizes, split_reference
@@ -34,7 +35,7 @@ def tiny_training(esc50_mini):
     """The clips configs/tiny.yaml trains on (the last 3 recordings of each class held out) and their record."""
     data = DataConfig(source=str(esc50_mini), holdout_recordings=3)
     clips = training_clips(data)
-    return clips, training_record(data, clips)
+    return clips, training_record(data, list(clips["filename"]))
 
 
 def test_held_out_clips_share_no_recording_with_the_reference(esc50_mini):

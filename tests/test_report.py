@@ -145,7 +145,7 @@ def test_each_configuration_gets_an_interval_and_a_paired_difference_from_the_ba
     by_seed = [{str(seed): fd for seed, (fd, _) in enumerate(seeds)} for seeds in (l1, l2)]
     expected = paired_difference(*by_seed)
     assert (row["fd_esc_diff"], row["fd_esc_diff_low"], row["fd_esc_diff_high"]) == pytest.approx(expected[:3])
-    assert row["pairs"] == 3 and table.loc["loss=l2, attention=True, normalize=True", "baseline"]
+    assert row["fd_esc_pairs"] == 3 and table.loc["loss=l2, attention=True, normalize=True", "baseline"]
     markdown = files.markdown.read_text()
     assert "Difference from the baseline (loss=l2, attention=True, normalize=True)" in markdown
     assert f"{expected[0]:+.3g} [{expected[1]:+.3g}, {expected[2]:+.3g}]" in markdown

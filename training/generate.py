@@ -24,8 +24,7 @@ from core.config import SAMPLE_CLIPS
 from core.errors import UserError, exit_on_user_error
 from core.esc50 import ESC50_CATEGORIES
 from core.files import write_text_atomic
-from core.pipeline import DiffusionModel, resolve_model_folder, sample_spectrograms
-from evaluation.clips import GENERATION_RECORD
+from core.pipeline import GENERATION_RECORD, DiffusionModel, resolve_model_folder, sample_spectrograms
 
 MANIFEST_COLUMNS = ("file", "target", "category")
 

@@ -101,8 +101,7 @@ def build_data(config: Config, accelerator: Accelerator) -> tuple[SpectrogramBat
     """
     with accelerator.main_process_first():
         table = build_spectrogram_cache(config.data, show_progress=accelerator.is_main_process)
-    clips = training_clips(config.data)
-    table = select_clips(table, list(clips["filename"]))
+    table = select_clips(table, list(training_clips(config.data)["filename"]))
     world, batch_size = accelerator.num_processes, config.train.batch_size
     batches_per_epoch = (len(table) // world) // batch_size
     if batches_per_epoch == 0:
@@ -116,7 +115,7 @@ def build_data(config: Config, accelerator: Accelerator) -> tuple[SpectrogramBat
     loader = DataLoader(
         stream, batch_size=None, num_workers=config.train.dataloader_workers, generator=torch.Generator()
     )
-    return stream, loader, batches_per_epoch, training_record(config.data, clips)
+    return stream, loader, batches_per_epoch, training_record(config.data, table["filename"])
 
 
 def train(
@@ -163,7 +162,7 @@ def train_in_folder(
     stop_after_steps: int | None,
 ) -> TrainResult:
     """The body of `train`, in a folder this process has claimed and locked: data, model, loop, model."""
-    stream, loader, batches_per_epoch, trained_on = build_data(config, accelerator)
+    stream, loader, batches_per_epoch, data_record = build_data(config, accelerator)
     world = accelerator.num_processes
 
     # Model, EMA, optimizer, schedules.
@@ -260,7 +259,7 @@ def train_in_folder(
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model)
         with ema_weights(ema, final):
-            diffusion = as_diffusion_model(final, noise_scheduler, mel, config, run.run_id if run else "", trained_on)
+            diffusion = as_diffusion_model(final, noise_scheduler, mel, config, run.run_id if run else "", data_record)
             diffusion.save(model_dir)
             if step == config.train.max_steps:
                 samples = output_dir / "samples" / "final"
@@ -290,12 +289,12 @@ def stop_early(accelerator: Accelerator, output_dir: Path, step: int, config: Co
 
 
 def as_diffusion_model(
-    unet, noise_scheduler: DDPMScheduler, mel, config: Config, run_id: str, trained_on: dict | None = None
+    unet, noise_scheduler: DDPMScheduler, mel, config: Config, run_id: str, data_record: dict | None = None
 ) -> DiffusionModel:
     null_class = unet.config.num_class_embeds - 1 if config.model.class_dropout > 0 else None
     return DiffusionModel(
         unet=unet, noise_schedule=dict(noise_scheduler.config), mel=mel, normalize=config.data.normalize,
-        null_class=null_class, mlflow_run_id=run_id, sample_clip=config.sample.clip, training=trained_on,
+        null_class=null_class, mlflow_run_id=run_id, sample_clip=config.sample.clip, training=data_record,
     )  # fmt: skip
 
 

@@ -49,7 +49,7 @@ class EvaluateSettings:
     reference: str = ""  # real clips to compare with; empty = the trial's data.source
     reference_folds: list[int] = field(default_factory=list)
     cache_dir: str = ""  # empty = .cache/evaluation of the folder the sweep starts in
-    ceiling: bool = True  # score the real held-out clips once (metrics real_*, on the parent run)
+    ceiling: bool = True  # real held-out clips (real_*, once on the parent run) and each trial's two ceilings
     options: dict[str, Any] = field(default_factory=dict)  # passed on to score_generated
 
 

@@ -63,6 +63,7 @@ def run_sweep(
             "pass --resume to continue it, or choose another sweep.name"
         )
     pin_paths(spec)
+    check_protocol(spec)  # a reference too small, or options the evaluation rejects: before Ray or any trial
     import mlflow
 
     store = absolute_store_uri(spec.base["tracking"]["tracking_uri"] or mlflow.get_tracking_uri())
@@ -229,11 +230,35 @@ def open_parent_run(spec: SweepSpec, sweep_dir: Path, launcher_run_id: str) -> s
     return parent
 
 
+def base_protocol(spec: SweepSpec) -> dict:
+    """The evaluation options of the base config's protocol: the clips its models train on are kept out."""
+    from core.config import DataConfig
+    from core.spectrograms import training_clips
+
+    data = DataConfig(**spec.base["data"])
+    return {"trained_on": list(training_clips(data)["filename"]), "training_source": data.source}
+
+
+def check_protocol(spec: SweepSpec) -> None:
+    """The base config's evaluation split and options, checked before any work (each trial builds its own)."""
+    from evaluation.protocol import check_interval_sizes, split_reference
+    from evaluation.scoring import EvalOptions
+
+    evaluate = spec.settings.evaluate
+    options = EvalOptions.from_options({**base_protocol(spec), **dict(evaluate.options)})
+    split = split_reference(
+        evaluate.reference or spec.base["data"]["source"], list(evaluate.reference_folds), options.hub_split,
+        options.trained_on, options.allow_training_overlap, options.training_source,
+    )  # fmt: skip
+    check_interval_sizes(split, options.bootstrap)
+
+
 def log_ceiling(spec: SweepSpec, parent_run_id: str) -> None:
-    """Score the real held-out clips once, on the parent run as `real_*`: the table's ceiling row.
+    """Score the real held-out clips once, on the parent run as `real_*`: the report's ceiling row.
 
     Done here, before any trial, it also fits the offline scorer once into the shared evaluation
-    cache, instead of in every trial that starts at the same time.
+    cache, instead of in every trial that starts at the same time. Each trial scores the same clips again,
+    with its own representation (`repr_*`): its configuration's ceilings, beside its own row.
     """
     import time
 
@@ -246,14 +271,11 @@ def log_ceiling(spec: SweepSpec, parent_run_id: str) -> None:
     client = mlflow.tracking.MlflowClient()
     if not evaluate.ceiling or any(k.startswith("real_") for k in client.get_run(parent_run_id).data.metrics):
         return
-    from core.config import DataConfig
-    from core.spectrograms import training_clips
-
-    data = DataConfig(**spec.base["data"])  # the base config's training clips: what the protocol keeps out
-    options = {"trained_on": list(training_clips(data)["filename"]), "training_source": data.source}
+    data = spec.base["data"]
     metrics = score_real(
-        evaluate.reference or data.source, list(evaluate.metrics), reference_folds=tuple(evaluate.reference_folds),
-        sample_rate=data.sample_rate, cache_dir=evaluate.cache_dir, **{**options, **dict(evaluate.options)},
+        evaluate.reference or data["source"], list(evaluate.metrics), reference_folds=tuple(evaluate.reference_folds),
+        sample_rate=data["sample_rate"], cache_dir=evaluate.cache_dir,
+        **{**base_protocol(spec), **dict(evaluate.options)},
     )  # fmt: skip
     now = int(time.time() * 1000)
     client.log_batch(parent_run_id, metrics=[Metric(f"real_{k}", float(v), now, 0) for k, v in metrics.items()])
