@@ -110,6 +110,10 @@ def test_draws_from_the_space_are_seeded_valid_and_shared_by_a_draws_seeds(tmp_p
         ("sweep.seeds={}", "sweep.seeds"),
         ("sweep.asha={stages: [1]}", "sweep.asha.stages"),
         ("sweep.name=\x1f", "sweep.name=\\x1f"),
+        # The evaluation protocol, checked before Ray starts: options it rejects, a model trained on everything.
+        ("sweep.evaluate.options={real_row: true}", "real_row"),
+        ("sweep.evaluate.options={bootstrap: -1}", "bootstrap"),
+        ("data.holdout_recordings=0", "data.holdout_recordings"),
     ],
 )
 def test_bad_keys_and_values_exit_2_naming_the_culprit(override: str, culprit: str, capsys):
