@@ -301,7 +301,9 @@ def plot(table: pd.DataFrame, path: Path) -> None:
         # Error bars: the 95% interval of the mean over seeds (none with one seed).
         below = (means - configs[f"{metric}_ci_low"]).fillna(0.0).clip(lower=0)
         above = (configs[f"{metric}_ci_high"] - means).fillna(0.0).clip(lower=0)
-        axis.bar(positions, means, yerr=[below, above], capsize=3, color="tab:blue", alpha=0.8, label="95% interval")
+        axis.bar(
+            positions, means, yerr=[below, above], capsize=3, color="tab:blue", alpha=0.8, label="mean, 95% interval"
+        )
         represented = f"{REPRESENTATION_PREFIX}{metric}_mean"
         if represented in configs.columns and configs[represented].notna().any():
             axis.scatter(positions, configs[represented], marker="_", s=200, color="tab:orange", zorder=3,
@@ -309,7 +311,9 @@ def plot(table: pd.DataFrame, path: Path) -> None:
         if f"{metric}_published" in configs.columns and configs[f"{metric}_published"].notna().any():
             axis.scatter(positions, configs[f"{metric}_published"], marker="D", color="black", zorder=3, label="study")
         if not ceiling.empty and f"{metric}_mean" in ceiling.columns and ceiling[f"{metric}_mean"].notna().any():
-            axis.axhline(float(ceiling[f"{metric}_mean"].iloc[0]), color="tab:green", linestyle="--", label="real")
+            axis.axhline(
+                float(ceiling[f"{metric}_mean"].iloc[0]), color="tab:green", linestyle="--", label="real ceiling"
+            )
         arrow = "↓" if metric in LOWER_IS_BETTER else "↑"
         axis.set_title(f"{metric} {arrow}", fontsize=9)
         axis.set_xticks(list(positions))
