@@ -231,7 +231,6 @@ def validate(config: Config) -> None:
     _require(data.holdout_recordings >= 0, "data.holdout_recordings", "must be >= 0")
 
 
-
 def sample_seed(config: Config) -> int:
     """The generation seed: `sample.seed`, or one derived from the training seed (never equal to it)."""
     return config.sample.seed if config.sample.seed >= 0 else 1_000_003 + config.seed
