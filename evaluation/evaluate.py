@@ -121,7 +121,7 @@ def score_sets(evaluator: Evaluator, clips, record: dict | None, real_row: bool 
                 evaluator.show_progress,
             )  # fmt: skip
             scored[REPRESENTATION] = evaluator.score(trip, desc="representation")
-    scored[GENERATED] = evaluator.score(clips, desc="generated", memorization=True)
+    scored[GENERATED] = evaluator.score(clips, desc="generated", generated=True)
     return scored
 
 

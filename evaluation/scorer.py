@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -113,6 +114,7 @@ class EscScorer:
     reference_targets: np.ndarray | None = None
     device: str = "cpu"
     preprocessing: Preprocessing | None = None  # applied to every clip before its features
+    cache_path: Path | None = None  # where it is cached; real clips' predictions are cached beside it
 
     def __post_init__(self):
         self.log_mel = LogMel(self.settings).to(self.device)
@@ -132,6 +134,27 @@ class EscScorer:
             logits.append(batch_logits.float().cpu().numpy())
             embeddings.append(batch_embeddings.float().cpu().numpy())
         return np.concatenate(logits), np.concatenate(embeddings)
+
+
+def cached_predictions(scorer: EscScorer, clips: pd.DataFrame, show_progress: bool = True, desc: str = "ESC scorer"):
+    """`scorer.predict` of a set of real clips, cached beside the scorer under a key of the clips: every trial
+    of a sweep scores the same ceiling and (for the memorization share) the same training clips."""
+    if scorer.cache_path is None:
+        return scorer.predict(clips, show_progress, desc)
+    key = hashlib.sha256(fingerprint(clips).encode()).hexdigest()[:16]
+    path = scorer.cache_path.with_name(f"{scorer.cache_path.stem}-predictions-{key}.npz")
+    if path.is_file():
+        try:
+            with np.load(path) as stored:
+                return stored["logits"], stored["embeddings"]
+        except Exception as error:  # damaged: recompute
+            log.warning("ignoring unreadable prediction cache %s (%s)", path, error)
+    logits, embeddings = scorer.predict(clips, show_progress, desc)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
+    with os.fdopen(handle, "wb") as stream:
+        np.savez(stream, logits=logits, embeddings=embeddings)
+    os.replace(temporary, path)
+    return logits, embeddings
 
 
 def scorer_key(split: ReferenceSplit, settings: ScorerSettings, preprocessing: Preprocessing | None = None) -> str:
@@ -160,11 +183,14 @@ def load_or_train_scorer(
         fcntl.flock(lock, fcntl.LOCK_EX)
         if path.is_file():
             try:
-                return _load(path, settings, device, preprocessing)
+                scorer = _load(path, settings, device, preprocessing)
+                scorer.cache_path = path
+                return scorer
             except Exception as error:  # a file from an older torch or a damaged one: retrain
                 log.warning("ignoring unreadable scorer cache %s (%s)", path, error)
         scorer = train_scorer(split, settings, device, show_progress, preprocessing)
         _save(scorer, path)
+        scorer.cache_path = path
         return scorer
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from evaluation.intervals import MIN_INFINITY_CLIPS, bootstrap_frechet, bootstra
 from evaluation.memorization import FLAG_SHARE, clip_embeddings, memorization_share
 from evaluation.metrics import embedding_frechet_distance, ranking_metrics, target_ranks
 from evaluation.protocol import PEAK_LEVEL, Preprocessing, ReferenceSplit
-from evaluation.scorer import SCORER_VERSION, ScorerSettings, load_or_train_scorer
+from evaluation.scorer import SCORER_VERSION, ScorerSettings, cached_predictions, load_or_train_scorer
 
 log = logging.getLogger(__name__)
 METRIC_GROUPS = ("fad", "clap", "esc")
@@ -183,23 +184,24 @@ class Evaluator:
                 self.split, settings, self.cache_dir, self.device, self.show_progress, self.preprocessing
             )
 
-    def score(self, clips: pd.DataFrame, desc: str = "generated", memorization: bool = False) -> ScoredSet:
+    def score(self, clips: pd.DataFrame, desc: str = "generated", generated: bool = False) -> ScoredSet:
         """Every metric of the chosen groups for `clips` (of the evaluated classes only), with 95% intervals
-        (`<metric>_ci_low/_high`), FD-infinity (`<fd>_inf`), and with `memorization` the share of clips that
-        sit nearer a training clip than real unseen clips do (`memorization_<group>`)."""
+        (`<metric>_ci_low/_high`) and FD-infinity (`<fd>_inf`). For `generated` clips also the share that
+        sits nearer a training clip than real unseen clips do (`memorization_<group>`); real clips' offline
+        scorer predictions are cached instead (the same ceiling is scored by every trial of a sweep)."""
         self.prepare()
         evaluated = self.split.restrict(clips)
-        if memorization:
+        if generated:
             self.left_out = len(clips) - len(evaluated)
         if evaluated.empty:
             raise UserError(f"none of the {len(clips)} {desc} clips is of a class the reference and ceiling hold")
         result = ScoredSet({}, evaluated["target"].to_numpy())
         for group, score_group in (("fad", self._score_fad), ("clap", self._score_clap), ("esc", self._score_esc)):
             if group in self.groups:
-                score_group(evaluated, desc, memorization, result)
+                score_group(evaluated, desc, generated, result)
         return result
 
-    def _score_fad(self, clips: pd.DataFrame, desc: str, memorization: bool, result: ScoredSet) -> None:
+    def _score_fad(self, clips: pd.DataFrame, desc: str, generated: bool, result: ScoredSet) -> None:
         from evaluation.fad import per_class_distances
 
         o, targets = self.options, result.targets
@@ -210,25 +212,26 @@ class Evaluator:
         result.per_class_distance[metric] = per_class_distances(
             self.fad_model, reference, embeddings, owners, targets, o.min_class_clips
         )
-        if memorization:
+        if generated:
             self._memorization(result, "fad", clip_embeddings(embeddings, owners))
 
-    def _score_clap(self, clips: pd.DataFrame, desc: str, memorization: bool, result: ScoredSet) -> None:
+    def _score_clap(self, clips: pd.DataFrame, desc: str, generated: bool, result: ScoredSet) -> None:
         o = self.options
         scores = self.clap.scores(clips, o.clip_seconds, self.show_progress, f"CLAP {desc}", self.preprocessing)
         result.class_scores["clap"] = scores
         result.metrics.update(ranking_metrics(scores, result.targets, "ca"))
         self._ranking_uncertainty(result, scores, result.targets, "ca")
 
-    def _score_esc(self, clips: pd.DataFrame, desc: str, memorization: bool, result: ScoredSet) -> None:
-        logits, embeddings = self.scorer.predict(clips, self.show_progress, desc=f"ESC scorer {desc}")
+    def _score_esc(self, clips: pd.DataFrame, desc: str, generated: bool, result: ScoredSet) -> None:
+        predict = self.scorer.predict if generated else partial(cached_predictions, self.scorer)
+        logits, embeddings = predict(clips, self.show_progress, desc=f"ESC scorer {desc}")
         result.class_scores["esc"] = logits
         result.metrics.update(ranking_metrics(logits, result.targets, "esc"))
         self._ranking_uncertainty(result, logits, result.targets, "esc")
         result.metrics["fd_esc"] = self._fd_esc(embeddings)
         self._distance_uncertainty(result, "fd_esc", self.scorer.reference_embeddings, embeddings)
         result.per_class_distance["fd_esc"] = self._fd_esc_per_class(embeddings, result.targets)
-        if memorization:
+        if generated:
             self._memorization(result, "esc", embeddings)
 
     def _distance_uncertainty(self, result, metric, reference, embeddings, reference_owners=None, owners=None) -> None:
@@ -270,7 +273,7 @@ class Evaluator:
 
     def _clip_embeddings(self, group: str, clips: pd.DataFrame, desc: str) -> np.ndarray:
         if group == "esc":
-            return self.scorer.predict(clips, self.show_progress, desc=f"ESC scorer {desc}")[1]
+            return cached_predictions(self.scorer, clips, self.show_progress, desc=f"ESC scorer {desc}")[1]
         from evaluation.fad import reference_embeddings
 
         found = reference_embeddings(

@@ -229,9 +229,9 @@ def test_fad_gets_an_interval_fad_infinity_and_the_memorization_share(ckpt_dir, 
                            training=training)  # fmt: skip
     options = EvalOptions(fad_model="pann", ckpt_dir=str(ckpt_dir), clip_seconds=SECONDS, bootstrap=50, peak=0)
     evaluator = Evaluator(split, ["fad"], options, tmp_path / "cache", sample_rate=16000, show_progress=False)
-    copies = evaluator.score(training, memorization=True).metrics  # a generator replaying its training clips
+    copies = evaluator.score(training, generated=True).metrics  # a generator replaying its training clips
     assert copies["fad_pann_ci_low"] <= copies["fad_pann"] <= copies["fad_pann_ci_high"]
     assert np.isfinite(copies["fad_pann_inf"])
     assert copies["memorization_fad"] == 1.0
-    noise = evaluator.score(clips("noise", 0.8, 9), memorization=True).metrics  # nothing like the training clips
+    noise = evaluator.score(clips("noise", 0.8, 9), generated=True).metrics  # nothing like the training clips
     assert noise["memorization_fad"] < FLAG_SHARE

@@ -123,3 +123,17 @@ def test_training_is_repeatable_whatever_the_callers_random_state(esc50_mini):
     assert first.held_out == second.held_out
     for name, tensor in first.net.state_dict().items():
         assert torch.equal(tensor, second.net.state_dict()[name]), name
+
+
+def test_real_clips_predictions_are_cached_beside_the_scorer_and_equal_fresh_ones(trained):
+    from evaluation.scorer import cached_predictions
+
+    split, scorer = trained
+    first = cached_predictions(scorer, split.held_out, show_progress=False)
+    cached = sorted(scorer.cache_path.parent.glob(f"{scorer.cache_path.stem}-predictions-*.npz"))
+    assert cached, "nothing cached"
+    again = cached_predictions(scorer, split.held_out, show_progress=False)
+    fresh = scorer.predict(split.held_out, show_progress=False)
+    for one, other, new in zip(first, again, fresh):
+        np.testing.assert_array_equal(one, other)
+        np.testing.assert_allclose(one, new, rtol=1e-5, atol=1e-6)
