@@ -128,7 +128,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--griffin-lim-iters", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--clip", default="", choices=["", *SAMPLE_CLIPS],
+    parser.add_argument("--clip", default="", choices=list(SAMPLE_CLIPS),
                         help="x0 clipping at each step (default: the model's own sample.clip)")  # fmt: skip
     parser.add_argument("--device", default="", help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     return parser.parse_args(argv)
