@@ -32,21 +32,14 @@ REPRESENTATION_ROW = "real data through mel + Griffin-Lim (representation ceilin
 
 
 def score_generated(
-    generated_dir: str | Path | None,
-    reference: str,
-    metrics: list[str],
-    *,
-    reference_folds: list[int] | tuple = (),
-    sample_rate: int = 0,
-    cache_dir: str | Path = ".cache/evaluation",
-    show_progress: bool = True,
-    **options,
+    generated_dir: str | Path | None, reference: str, metrics: list[str], **options
 ) -> dict[str, float]:
     """Flat metrics (`fad_vggish`, `ca_top1`..., `fd_esc`, `esc_top1`..., each with `_ci_low/_ci_high`, FDs with
     `_inf`, `memorization_<group>`) of the clips listed in `generated_dir`, under the protocol of
     `evaluation.protocol`: the generator's training clips (from `generation.json` beside the manifest, or the
     `trained_on` option) are never the reference.
 
+    Keyword options are `score_with_protocol`'s (`reference_folds`, `sample_rate`, `cache_dir`, `show_progress`).
     `sample_rate` is the generator's rate (the bandwidth both sides are limited to; the offline scorer's rate):
     0 = the one its generation record names, else 22,050 Hz. FAD and CLAP resample to their own models' rates.
     `options` are `EvalOptions` fields, and: `real_row=True` adds the real held-out clips' metrics as
@@ -55,10 +48,7 @@ def score_generated(
     only the real held-out clips (`score_real`).
     """
     run_id = str(options.pop("run_id", "") or "")
-    result, tags = score_with_protocol(
-        generated_dir, reference, metrics, reference_folds=reference_folds, sample_rate=sample_rate,
-        cache_dir=cache_dir, show_progress=show_progress, **options,
-    )  # fmt: skip
+    result, tags = score_with_protocol(generated_dir, reference, metrics, **options)
     if run_id:
         log_evaluation(run_id, result, None, tags=tags)
     return result

@@ -114,14 +114,16 @@ def bootstrap_ranking(ranks: np.ndarray, prefix: str, draws: int, seed: int = 0)
 
 
 def t_interval(values: np.ndarray) -> tuple[float, float]:
-    """95% t interval of the mean of `values` (NaN when fewer than two)."""
+    """95% t interval of the mean of `values` (NaN when fewer than two): SciPy's one-sample t test's."""
     values = np.asarray([v for v in values if np.isfinite(v)], dtype=np.float64)
     if len(values) < 2:
         return math.nan, math.nan
     from scipy import stats
 
-    half = stats.t.ppf((1 + CONFIDENCE) / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
-    return float(values.mean() - half), float(values.mean() + half)
+    if values.std() == 0:  # every seed agrees: SciPy's t statistic is undefined, the interval is the value
+        return float(values[0]), float(values[0])
+    interval = stats.ttest_1samp(values, 0.0).confidence_interval(CONFIDENCE)
+    return float(interval.low), float(interval.high)
 
 
 def paired_difference(values: dict, baseline: dict) -> tuple[float, float, float, int]:

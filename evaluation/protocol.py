@@ -106,7 +106,7 @@ def split_reference(
     if trained_on is not None:
         stems = {Path(str(name)).stem for name in trained_on}
         in_source = clips[[Path(str(name)).stem in stems for name in clips["filename"]]]
-        training = _training_table(training_source, trained_on, in_source, hub_split)
+        training = _training_table(training_source, source, trained_on, in_source, hub_split)
         if allow_training_overlap:
             rule = "none: the reference may hold training clips (asked for)"
         else:
@@ -159,9 +159,14 @@ def _only(clips: pd.DataFrame, classes: list[int]) -> pd.DataFrame:
     return clips[clips["target"].isin(classes)].reset_index(drop=True)
 
 
-def _training_table(training_source: str, names: list[str], in_source: pd.DataFrame, hub_split: str) -> pd.DataFrame:
-    """The generator's training clips as a clip table: from its own source when readable, else those found here."""
-    if training_source:
+def _training_table(
+    training_source: str, source: str, names: list[str], in_source: pd.DataFrame, hub_split: str
+) -> pd.DataFrame:
+    """The generator's training clips as a clip table: from its own source when that is another readable one,
+    else those found in the reference's source."""
+    from core.spectrograms import source_identity
+
+    if training_source and source_identity(training_source) != source_identity(source):
         try:
             own = _as_clip_table(read_clips(training_source, hub_split=hub_split))
             return own[own["filename"].isin(set(map(str, names)))].reset_index(drop=True)
