@@ -64,7 +64,6 @@ def main(argv: list[str] | None = None) -> None:
 
     from evaluation.evaluate import EvaluationRequest, evaluate
     from evaluation.scoring import EvalOptions
-    from training.generate import GenerationRequest, generate
     from training.train import train
 
     source = find_data(args.data)
@@ -73,26 +72,17 @@ def main(argv: list[str] | None = None) -> None:
         REPO / "configs" / "tiny.yaml",
         [f"output_dir={run_dir}", f"data.source={source}", f"train.max_steps={args.steps}", "train.sample_every=200"],
     )
-    print(f"\n== 1/3 training {run_dir} on {source}")
+    print(f"\n== 1/2 training {run_dir} on {source}")
     result = train(config)
-    print(f"\n== 2/3 generating {args.per_class} clips of each of the 50 classes")
-    generated = run_dir / "generated"
-    # Stochastic DDPM sampling: on a model this small and briefly trained, deterministic DDIM
-    # drifts to the average spectrogram (seen here: a third of the real data's spread).
-    request = GenerationRequest(
-        model=str(result.model_dir),
-        out=str(generated),
-        per_class=args.per_class,
-        scheduler="ddpm",
-        steps=100,
-        seed=sample_seed(config),
-    )
-    generate(request)
-    print("\n== 3/3 scoring against real clips the model never heard (offline scorer; VGGish/CLAP need their weights)")
+    print(f"\n== 2/2 generating {args.per_class} clips of each of the 50 classes and scoring them against real clips")
+    print("   the model never heard (offline scorer; VGGish/CLAP need their weights)")
+    # Stochastic DDPM sampling (configs/tiny.yaml's sample.scheduler): on a model this small and briefly
+    # trained, deterministic DDIM drifts to the average spectrogram (seen here: a third of the real data's spread).
     outcome = evaluate(
         EvaluationRequest(
-            generated=str(generated),
             model=str(result.model_dir),
+            generated=str(run_dir / "generated"),
+            generation={"per_class": args.per_class, "steps": 100, "seed": sample_seed(config)},
             reference=source,
             metrics=["esc", "fad", "clap"],
             out=str(run_dir / "evaluation"),

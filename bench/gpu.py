@@ -38,7 +38,7 @@ def _model(channels_last: bool, device: str):
     import torch
 
     from core.config import load_config
-    from core.model import build_unet
+    from core.diffusion.network import build_unet
 
     config_path = Path(__file__).resolve().parent.parent / "configs" / "esc50_64.yaml"
     config = load_config(config_path, ["output_dir=unused"])

@@ -30,7 +30,7 @@ from core.errors import UserError, exit_on_user_error  # noqa: E402
 from core.esc50 import read_clips  # noqa: E402
 from core.files import write_text_atomic
 
-STAGES = ("preprocess", "train", "sample", "evaluate", "sweep_overhead", "sweep_scaling")
+STAGES = ("preprocess", "train", "sample", "sample_matched", "evaluate", "sweep_overhead", "sweep_scaling")
 
 
 def stage_runner(name: str):
@@ -41,6 +41,8 @@ def stage_runner(name: str):
         from bench import train as module
     elif name == "sample":
         from bench import sample as module
+    elif name == "sample_matched":
+        from bench import sample_matched as module
     elif name == "evaluate":
         from bench import evaluate as module
     else:

@@ -3,7 +3,7 @@
 That pipeline passes no class labels, so both sides run one unconditional UNet of our tiny config's
 size, with the same weights (saved once, loaded by each side), the same noise schedule and
 Mel-equivalent settings (resolution, sample rate, hop, window, top_db, 32 Griffin-Lim iterations).
-Ours: `core.pipeline.sample_spectrograms` then `MelTransform.audio`, both over the whole batch.
+Ours: `core.diffusion.samplers.sample_spectrograms` then `MelTransform.audio`, both over the whole batch.
 Theirs: the pipeline's batched UNet loop, then its `Mel.image_to_audio` (librosa) clip by clip.
 """
 
@@ -25,7 +25,7 @@ def save_unconditional_unet(folder: Path, resolution: int) -> Path:
 
     from bench.train import TINY_CONFIG
     from core.config import load_config
-    from core.model import build_unet
+    from core.diffusion.network import build_unet
 
     torch.manual_seed(0)
     config = load_config(TINY_CONFIG, [f"output_dir={folder}", f"data.resolution={resolution}"])
@@ -46,7 +46,8 @@ def ours(unet_dir: str, clips: int, steps: int = STEPS) -> dict:
     from diffusers import UNet2DModel
 
     from core.audio import MelSettings, MelTransform
-    from core.pipeline import DiffusionModel, sample_spectrograms
+    from core.diffusion.model import DiffusionModel
+    from core.diffusion.samplers import sample_spectrograms
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     unet = UNet2DModel.from_pretrained(unet_dir).to(device).eval()

@@ -75,7 +75,7 @@ def baseline(source: str, work_dir: str, resolution: int, steps: int, warmup: in
     import torch.nn.functional as F
     from diffusers import DDPMScheduler
 
-    from core.model import build_unet
+    from core.diffusion.network import build_unet
     from core.spectrograms import build_spectrogram_cache
 
     config = bench_config(source, work_dir, resolution, steps, steps)

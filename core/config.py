@@ -58,7 +58,11 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    loss: str = "l2"  # l1 | l2
+    # The recipe (core/diffusion/): what the network predicts, the loss norm and its weighting, the schedule.
+    prediction: str = "epsilon"  # epsilon | v_prediction | sample (core.diffusion.objectives)
+    loss: str = "l2"  # l1 | l2 (core.diffusion.losses)
+    loss_weighting: str = "none"  # none | min_snr (Hang et al. 2023)
+    min_snr_gamma: float = 5.0  # min_snr: the SNR above which timesteps stop gaining weight
     max_steps: int = 20000
     batch_size: int = 16  # per process
     gradient_accumulation: int = 1
@@ -70,7 +74,8 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     mixed_precision: str = "no"  # no | fp16 | bf16
     num_train_timesteps: int = 1000
-    beta_schedule: str = "linear"
+    beta_schedule: str = "linear"  # linear | scaled_linear | squaredcos_cap_v2 (core.diffusion.schedules)
+    zero_terminal_snr: bool = False  # rescale betas so the last timestep is pure noise (Lin et al. 2024)
     ema_decay: float = 0.9999
     ema_power: float = 0.75
     checkpoint_every: int = 1000
@@ -83,7 +88,7 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    scheduler: str = "ddim"  # ddim | ddpm
+    scheduler: str = "ddim"  # ddpm | ddim | dpmpp_2m | unipc | euler (core.diffusion.samplers)
     steps: int = 50
     guidance_scale: float = 1.0  # 1.0 = plain conditional sampling, as in the study
     batch_size: int = 32
@@ -165,9 +170,6 @@ def _describe_omegaconf_error(error: OmegaConfBaseException, path: Any) -> str:
     return f"invalid config key '{key}'{where}: {first_line}"
 
 
-SAMPLE_CLIPS = ("data_range", "legacy", "none")  # sample.clip: see core.pipeline.clip_to_data_range
-
-
 def _require(condition: bool, key: str, message: str) -> None:
     if not condition:
         raise UserError(f"invalid config key '{key}': {message}")
@@ -176,6 +178,7 @@ def _require(condition: bool, key: str, message: str) -> None:
 def validate(config: Config) -> None:
     """Checks that types cannot express; each error names its key."""
     data, model, train, sample = config.data, config.model, config.train, config.sample
+    _validate_recipe(train, sample)
     for key, value in flatten(config).items():
         if isinstance(value, float):
             _require(math.isfinite(value), key, f"{value} is not a finite number")
@@ -207,7 +210,11 @@ def validate(config: Config) -> None:
     _require(model.layers_per_block >= 1, "model.layers_per_block", "must be >= 1")
     _require(0 <= model.attention_levels <= levels, "model.attention_levels", f"must be in 0..{levels}")
     _require(0.0 <= model.class_dropout < 1.0, "model.class_dropout", "must be in [0, 1)")
-    _require(train.loss in ("l1", "l2"), "train.loss", f"'{train.loss}' is not one of l1, l2")
+    _require(
+        sample.guidance_scale == 1.0 or model.class_dropout > 0,
+        "sample.guidance_scale",
+        "guidance needs a null class: train with model.class_dropout > 0 (e.g. 0.1)",
+    )
     _require(
         train.mixed_precision in ("no", "fp16", "bf16"),
         "train.mixed_precision",
@@ -222,13 +229,37 @@ def validate(config: Config) -> None:
     _require(0 < train.ema_decay < 1, "train.ema_decay", "must be in (0, 1)")
     _require(train.num_train_timesteps >= 2, "train.num_train_timesteps", "must be >= 2")
     _require(all(0 <= c < 50 for c in train.sample_classes), "train.sample_classes", "classes are 0..49")
-    _require(sample.scheduler in ("ddim", "ddpm"), "sample.scheduler", f"'{sample.scheduler}' is not ddim or ddpm")
     _require(sample.steps >= 1, "sample.steps", "must be >= 1")
     _require(sample.batch_size >= 1, "sample.batch_size", "must be >= 1")
     _require(sample.griffin_lim_iters >= 1, "sample.griffin_lim_iters", "must be >= 1")
-    _require(sample.clip in SAMPLE_CLIPS, "sample.clip", f"'{sample.clip}' is not one of {', '.join(SAMPLE_CLIPS)}")
     _require(sample.seed >= -1, "sample.seed", "must be >= 0, or -1 (derived from seed)")
     _require(data.holdout_recordings >= 0, "data.holdout_recordings", "must be >= 0")
+
+
+def _one_of(value: str, choices, key: str) -> None:
+    _require(value in choices, key, f"'{value}' is not one of {', '.join(choices)}")
+
+
+def _validate_recipe(train: TrainConfig, sample: SampleConfig) -> None:
+    """The recipe's keys against the registries of core/diffusion (the modules that define each choice)."""
+    from core.diffusion.losses import LOSS_NORMS, LOSS_WEIGHTINGS
+    from core.diffusion.objectives import OBJECTIVES
+    from core.diffusion.samplers import SAMPLE_CLIPS, SAMPLERS
+    from core.diffusion.schedules import BETA_SCHEDULES
+
+    _one_of(train.prediction, OBJECTIVES, "train.prediction")
+    _one_of(train.loss, LOSS_NORMS, "train.loss")
+    _one_of(train.loss_weighting, LOSS_WEIGHTINGS, "train.loss_weighting")
+    _require(train.min_snr_gamma > 0, "train.min_snr_gamma", "must be positive")
+    _one_of(train.beta_schedule, BETA_SCHEDULES, "train.beta_schedule")
+    _require(
+        not (train.zero_terminal_snr and train.prediction == "epsilon"),
+        "train.zero_terminal_snr",
+        "the last timestep is pure noise, from which epsilon cannot be predicted: set train.prediction to "
+        "v_prediction (Lin et al. 2024) or sample",
+    )
+    _one_of(sample.scheduler, SAMPLERS, "sample.scheduler")
+    _one_of(sample.clip, SAMPLE_CLIPS, "sample.clip")
 
 
 def sample_seed(config: Config) -> int:

@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.config import DEFAULT_SOURCE
+from core.diffusion.samplers import SAMPLERS
 from core.errors import UserError, exit_on_user_error
 from core.files import write_text_atomic
 from evaluation import table
 from evaluation.clips import read_manifest
 from evaluation.fad import CKPT_DIR_ENV, FAD_MODELS
+from evaluation.metrics import REAL_PREFIX, REPRESENTATION_PREFIX
 from evaluation.protocol import check_interval_sizes, split_reference
 from evaluation.scoring import METRIC_GROUPS, EvalOptions, Evaluator, ScoredSet, parse_metric_groups
 
@@ -92,7 +94,7 @@ def score_real(reference: str, metrics: list[str], **options) -> dict[str, float
 GENERATED = "generated"
 REAL = "real"
 REPRESENTATION = "representation"
-ROW_PREFIX = {REAL: "real_", REPRESENTATION: "repr_", GENERATED: ""}  # how each row's metrics are logged
+ROW_PREFIX = {REAL: REAL_PREFIX, REPRESENTATION: REPRESENTATION_PREFIX, GENERATED: ""}  # how each row is logged
 
 
 def score_sets(evaluator: Evaluator, clips, record: dict | None, real_row: bool = True) -> dict[str, ScoredSet]:
@@ -115,6 +117,64 @@ def score_sets(evaluator: Evaluator, clips, record: dict | None, real_row: bool 
     return scored
 
 
+def generate_and_score(
+    model_dir: Path,
+    generated: Path,
+    generation: dict,
+    reference: str,
+    metrics: list[str],
+    *,
+    options: EvalOptions | None = None,
+    real_row: bool = True,
+    **scoring,
+) -> tuple[dict[str, ScoredSet], dict[str, str]]:
+    """Generate a model's clips into `generated` (`generation`: `GenerationRequest` fields), then score them
+    under the protocol: the one path from a model to its metrics (evaluate --model, sweep trials, the demo).
+
+    The protocol is settled (a leaking or unknown reference refused) and every metric's weights are loaded
+    before the first clip is made. `scoring`: `score_clips`'s keywords. Returns the scored sets and the tags.
+    """
+    from core.generation import GenerationRequest, generate
+
+    record = model_record(model_dir, generation)
+    evaluator = prepared_evaluator(record, reference, metrics, options or EvalOptions(), **scoring)
+    generate(GenerationRequest(model=str(model_dir), out=str(generated), **generation), evaluator.show_progress)
+    scored = score_sets(evaluator, read_manifest(generated), read_generation_record(generated), real_row)
+    return scored, evaluator.describe()
+
+
+def score_clips(
+    clips,
+    record: dict,
+    reference: str,
+    metrics: list[str],
+    *,
+    options: EvalOptions | None = None,
+    real_row: bool = True,
+    **scoring,
+) -> tuple[dict[str, ScoredSet], dict[str, str]]:
+    """Clips already made (`record`: their generation record, or {}) scored under the protocol."""
+    evaluator = prepared_evaluator(record, reference, metrics, options or EvalOptions(), **scoring)
+    return score_sets(evaluator, clips, record, real_row), evaluator.describe()
+
+
+def prepared_evaluator(
+    record: dict,
+    reference: str,
+    metrics: list[str],
+    options: EvalOptions,
+    reference_folds: list[int] | tuple = (),
+    sample_rate: int = 0,
+    cache_dir: str | Path = ".cache/evaluation",
+    show_progress: bool = True,
+) -> Evaluator:
+    """The evaluator for clips with this generation `record`, its weights loaded (missing ones fail here)."""
+    options = _protocol_options(options, record)
+    rate = generator_rate(record, sample_rate)
+    evaluator = build_evaluator(reference, metrics, reference_folds, rate, cache_dir, show_progress, options)
+    return evaluator.prepare()
+
+
 def flat_metrics(scored: dict[str, ScoredSet]) -> dict[str, float]:
     flat = {}
     for kind, result in scored.items():
@@ -135,7 +195,7 @@ def generator_rate(record: dict, given: int = 0) -> int:
 
 def read_generation_record(folder: str | Path) -> dict:
     """`generation.json` beside a generated folder's manifest (written by training.generate); {} when absent."""
-    from core.pipeline import GENERATION_RECORD  # imported here: diffusers is not needed to read a record
+    from core.generation import GENERATION_RECORD
 
     path = Path(folder) / GENERATION_RECORD
     if not path.is_file():
@@ -231,7 +291,7 @@ def evaluate(request: EvaluationRequest, show_progress: bool = True) -> Evaluati
     """Generate (when given a model), score, write the tables and figures, log to MLflow."""
     if not request.generated and not request.model:
         raise UserError("give --generated DIR (clips + manifest.csv) or --model MODEL (to generate first)")
-    from core.pipeline import resolve_model_folder
+    from core.diffusion.model import resolve_model_folder
 
     if request.mlflow:  # an unreachable tracking server fails now, not after the scoring
         from core.tracking import configure_tracking
@@ -244,29 +304,24 @@ def evaluate(request: EvaluationRequest, show_progress: bool = True) -> Evaluati
         name = model_dir.parent.name  # a training output_dir's model/: name it after the run
     out = Path(request.out or Path("outputs") / "evaluation" / name)
     generated = Path(request.generated) if request.generated else out / "generated"
-    must_generate = model_dir is not None and not (generated / "manifest.csv").is_file()
-    clips = None if must_generate else read_manifest(generated)  # a bad folder fails before any work
-    record = model_record(model_dir, request.generation) if must_generate else read_generation_record(generated)
-    if not record and model_dir is not None:
-        record = model_record(model_dir, request.generation)
-    options = _protocol_options(request.options, record)
-    # The protocol is settled (and a leaking or unknown reference refused) before any weights load or clip is made.
-    sample_rate = generator_rate(record, request.sample_rate)
-    evaluator = build_evaluator(
-        request.reference, groups, request.reference_folds, sample_rate, request.cache_dir, show_progress, options
-    )
-    evaluator.prepare()  # missing weights fail here, before any generation
-    if must_generate:
-        from training.generate import GenerationRequest, generate
-
-        generate(GenerationRequest(model=str(model_dir), out=str(generated), **request.generation), show_progress)
-        clips = read_manifest(generated)
-
-    scored = score_sets(evaluator, clips, record, request.real_row)
+    scoring = {
+        "reference_folds": request.reference_folds, "sample_rate": request.sample_rate, "cache_dir": request.cache_dir,
+        "show_progress": show_progress, "real_row": request.real_row,
+    }  # fmt: skip
+    if model_dir is not None and not (generated / "manifest.csv").is_file():
+        scored, tags = generate_and_score(
+            model_dir, generated, request.generation, request.reference, groups, options=request.options, **scoring
+        )
+    else:
+        clips = read_manifest(generated)  # a bad folder fails before any work
+        record = read_generation_record(generated)
+        if not record and model_dir is not None:
+            record = model_record(model_dir, request.generation)
+        scored, tags = score_clips(clips, record, request.reference, groups, options=request.options, **scoring)
     labels = {REAL: REAL_ROW, REPRESENTATION: REPRESENTATION_ROW, GENERATED: name}
     rows = {labels[kind]: result.metrics for kind, result in scored.items()}
     flat = flat_metrics(scored)
-    tags = {**evaluator.describe(), "evaluation.clips": str(generated.resolve())}
+    tags = {**tags, "evaluation.clips": str(generated.resolve())}
     if REPRESENTATION not in scored and request.real_row:
         tags["evaluation.representation_ceiling"] = "not computed: the generated clips record no mel settings"
     markdown = write_outputs(out, rows, scored[GENERATED], flat, request.json, tags)
@@ -298,11 +353,11 @@ def write_outputs(
 
 def model_record(model_dir: Path, generation: dict) -> dict:
     """What a model's clips will be made with, from its audio.json: mel settings and training record."""
-    from core.pipeline import MODEL_MANIFEST
+    from core.diffusion.model import MODEL_MANIFEST
 
     manifest = json.loads((model_dir / MODEL_MANIFEST).read_text())
-    return {"mel": manifest.get("mel"), "griffin_lim_iters": generation.get("griffin_lim_iters", 32),
-            "training": manifest.get("training")}  # fmt: skip
+    iterations = generation.get("griffin_lim_iters") or (manifest.get("sampling") or {}).get("griffin_lim_iters", 32)
+    return {"mel": manifest.get("mel"), "griffin_lim_iters": iterations, "training": manifest.get("training")}
 
 
 def _target_run(request: EvaluationRequest, model_dir: Path | None) -> str:
@@ -312,7 +367,7 @@ def _target_run(request: EvaluationRequest, model_dir: Path | None) -> str:
     """
     import mlflow
 
-    from core.pipeline import MODEL_MANIFEST
+    from core.diffusion.model import MODEL_MANIFEST
     from core.tracking import configure_tracking
 
     client = mlflow.tracking.MlflowClient()  # `evaluate` has pointed MLflow at the tracking URI
@@ -350,8 +405,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     clips.add_argument("--generated", default="", help="folder with clips and manifest.csv (file,target,category)")
     clips.add_argument("--model", default="", help="a model (folder or MLflow URI): generate first, log to its run")
     clips.add_argument("--per-class", type=int, default=40, help="with --model: clips per class (default 40)")
-    clips.add_argument("--steps", type=int, default=50, help="with --model: denoising steps")
-    clips.add_argument("--scheduler", default="ddim", choices=["ddim", "ddpm"])
+    clips.add_argument("--steps", type=int, help="with --model: denoising steps (default: the model's sample.steps)")
+    clips.add_argument("--scheduler", choices=list(SAMPLERS), help="with --model: sampler (default: the model's)")
+    clips.add_argument("--guidance-scale", type=float, help="with --model: classifier-free guidance (the model's)")
     clips.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reference", default=DEFAULT_SOURCE, help="ESC-50 folder or hub id (default esc50-mini)")
     parser.add_argument("--reference-folds", default="", help="comma-separated folds forming the reference (all)")
@@ -412,7 +468,8 @@ def main(argv: list[str] | None = None) -> EvaluationOutcome:
         reference_folds=parse_folds(args.reference_folds), metrics=parse_metric_groups(args.metrics), out=args.out,
         json=args.json, real_row=not args.no_real_row, cache_dir=args.cache_dir, mlflow=not args.no_mlflow,
         tracking_uri=args.tracking_uri, experiment=args.experiment, run_id=args.run_id, new_run=args.new_run,
-        generation={"per_class": args.per_class, "steps": args.steps, "scheduler": args.scheduler, "seed": args.seed},
+        generation={"per_class": args.per_class, "steps": args.steps, "scheduler": args.scheduler, "seed": args.seed,
+                    "guidance_scale": args.guidance_scale},
         options=options,
     )  # fmt: skip
     return evaluate(request, show_progress=not args.no_progress)

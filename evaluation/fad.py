@@ -33,18 +33,12 @@ import pandas as pd
 from core.errors import UserError
 from evaluation.clips import CLIP_SECONDS, decoded_batches, fingerprint
 from evaluation.metrics import embedding_frechet_distance
+from evaluation.metrics.fad import FAD_MODELS, fad_metric
 from evaluation.protocol import Preprocessing
 
 log = logging.getLogger(__name__)
 FAD_CACHE_VERSION = 2  # 2: embeddings only (distances are computed from them)
 PANN_BATCH = 16  # clips per PANN forward pass (decoding and the frozen trace use it too)
-# model -> sample rates the package accepts (first = default)
-FAD_MODELS: dict[str, tuple[int, ...]] = {
-    "vggish": (16000,),
-    "pann": (16000, 8000, 32000),
-    "clap": (48000,),
-    "encodec": (24000, 48000),
-}
 PANN_FILES = {8000: "Cnn14_8k_mAP%3D0.416.pth", 16000: "Cnn14_16k_mAP%3D0.438.pth", 32000: "Cnn14_mAP%3D0.431.pth"}
 ENCODEC_FILES = {24000: "checkpoints/encodec_24khz-d7cc33bc.th", 48000: "checkpoints/encodec_48khz-7e698e3e.th"}
 # torch.hub clones harritaylor/torchvggish into the hub dir; its hubconf then fetches two weight files.
@@ -89,7 +83,7 @@ class FadModel:
 
     @property
     def metric(self) -> str:
-        return f"fad_{self.name}"
+        return fad_metric(self.name)
 
     def embed(
         self,

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from evaluation.metrics import MAP_AT, TOP_K, embedding_frechet_distance
+from evaluation.metrics import RANK_SCORES, embedding_frechet_distance
 
 CONFIDENCE = 0.95
 NORMAL_QUANTILE = 1.959964  # the standard normal's 97.5th percentile
@@ -107,10 +107,9 @@ def bootstrap_ranking(ranks: np.ndarray, prefix: str, draws: int, seed: int = 0)
     ranks = np.asarray(ranks)
     rng = np.random.default_rng(seed)
     resampled = ranks[rng.integers(0, len(ranks), (draws, len(ranks)))]
-    intervals = {f"{prefix}_top{k}": percentile_interval((resampled < k).mean(axis=1)) for k in TOP_K}
-    reciprocal = np.where(resampled < MAP_AT, 1.0 / (resampled + 1), 0.0)
-    intervals[f"{prefix}_map{MAP_AT}"] = percentile_interval(reciprocal.mean(axis=1))
-    return intervals
+    return {
+        f"{prefix}_{name}": percentile_interval(score(resampled).mean(axis=1)) for name, score in RANK_SCORES.items()
+    }
 
 
 def t_interval(values: np.ndarray) -> tuple[float, float]:

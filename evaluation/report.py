@@ -23,14 +23,10 @@ from core.errors import UserError, exit_on_user_error
 from core.files import write_text_atomic
 from core.tracking import configure_tracking
 from evaluation.intervals import paired_difference, t_interval
+from evaluation.metrics import REAL_PREFIX, REGISTRY, REPRESENTATION_PREFIX, diagnostic_metrics, summary_metrics
 
-# What evaluation logs: FAD and CLAP accuracy (need model weights), and the offline scorer (`esc`).
-METRICS = ("fad_vggish", "ca_top1", "ca_top5", "ca_top10", "ca_map10",
-           "fd_esc", "esc_top1", "esc_top5", "esc_top10", "esc_map10")  # fmt: skip
-LOWER_IS_BETTER = {"fad_vggish", "fd_esc"}
-REAL_PREFIX = "real_"  # the same metrics of real clips: the ceiling a model can reach
-REPRESENTATION_PREFIX = "repr_"  # real clips through a configuration's mel + Griffin-Lim: its own ceiling
-MEMORIZATION = ("memorization_esc", "memorization_fad")  # share of clips nearer a training clip than real ones
+# The report summarizes every registered (evaluation.metrics) distance and ranking metric the runs logged
+# (FAD with any embedding model, CLAP accuracy, the offline scorer), then the diagnostics (memorization).
 CEILING = "real data (ceiling)"
 PUBLISHED_METRICS = ("fad_vggish", "ca_top1", "ca_top5", "ca_top10", "ca_map10")
 # The study's published results (FAD, CA top-1, top-5, top-10, mAP@10), keyed by the settings they used.
@@ -67,10 +63,10 @@ def load_runs(experiment: str, parent_run_id: str | None = None, require_metrics
     runs = mlflow.search_runs(experiment_names=[experiment], filter_string=query, max_results=50000)
     if not require_metrics:
         return runs
-    columns = [f"metrics.{m}" for m in METRICS if f"metrics.{m}" in runs.columns]
+    columns = [f"metrics.{m}" for m in summary_metrics() if f"metrics.{m}" in runs.columns]
     if runs.empty or not columns:
         where = f"under parent run {parent_run_id}" if parent_run_id else f"in experiment '{experiment}'"
-        raise UserError(f"no runs with evaluation metrics ({', '.join(METRICS[:2])}, ...) {where}")
+        raise UserError(f"no runs with evaluation metrics ({', '.join(summary_metrics()[:2])}, ...) {where}")
     return runs[runs[columns].notna().any(axis=1)].reset_index(drop=True)
 
 
@@ -96,7 +92,7 @@ def summarize(
     `baseline`: `key=value,...` (axis names may be shortened to their last part); empty = the study's best
     configuration (L2) when present, else the first.
     """
-    metrics = [m for m in METRICS if f"metrics.{m}" in runs.columns]
+    metrics = [m for m in summary_metrics() if f"metrics.{m}" in runs.columns]
     frame = runs.copy()
     for axis in axes:
         column = f"params.{axis}"
@@ -114,7 +110,7 @@ def summarize(
             row[f"{metric}_mean"] = float(series.mean()) if len(series) else math.nan
             row[f"{metric}_std"] = float(series.std(ddof=1)) if len(series) > 1 else math.nan
             row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = t_interval(series.to_numpy())
-        for extra in [f"{REPRESENTATION_PREFIX}{m}" for m in metrics] + list(MEMORIZATION):
+        for extra in [f"{REPRESENTATION_PREFIX}{m}" for m in metrics] + list(diagnostic_metrics()):
             if f"metrics.{extra}" in group.columns and group[f"metrics.{extra}"].notna().any():
                 row[f"{extra}_mean"] = float(group[f"metrics.{extra}"].mean())
         label, published = _published_for(group)
@@ -180,12 +176,14 @@ def _published_for(group: pd.DataFrame) -> tuple[str, tuple]:
 
 
 def _has_ceiling(runs: pd.DataFrame) -> bool:
-    return any(runs.get(f"metrics.{REAL_PREFIX}{m}", pd.Series(dtype=float)).notna().any() for m in METRICS)
+    return any(runs.get(f"metrics.{REAL_PREFIX}{m}", pd.Series(dtype=float)).notna().any() for m in summary_metrics())
 
 
 def _ceiling_row(runs: pd.DataFrame, metrics: list[str]) -> dict | None:
     """Real clips scored like generated ones (metrics `real_*`), averaged over the runs that logged them."""
-    present = [m for m in METRICS if runs.get(f"metrics.{REAL_PREFIX}{m}", pd.Series(dtype=float)).notna().any()]
+    present = [
+        m for m in summary_metrics() if runs.get(f"metrics.{REAL_PREFIX}{m}", pd.Series(dtype=float)).notna().any()
+    ]
     if not present:
         return None
     row: dict = {"configuration": CEILING, "study": "", "n": 0}
@@ -198,8 +196,8 @@ def _ceiling_row(runs: pd.DataFrame, metrics: list[str]) -> dict | None:
 
 
 def to_markdown(table: pd.DataFrame, protocol: list[str] | None = None) -> str:
-    metrics = [m for m in METRICS if f"{m}_mean" in table.columns]
-    memorized = [m for m in MEMORIZATION if f"{m}_mean" in table.columns]
+    metrics = [m for m in summary_metrics() if f"{m}_mean" in table.columns]
+    memorized = [m for m in diagnostic_metrics() if f"{m}_mean" in table.columns]
     header = ["configuration", "n"] + metrics + memorized + ["study (FAD / top-1 / top-5 / top-10 / mAP@10)"]
     lines = (protocol or []) + ([""] if protocol else [])
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -212,8 +210,9 @@ def to_markdown(table: pd.DataFrame, protocol: list[str] | None = None) -> str:
         has_published = any(isinstance(v, float) and not math.isnan(v) for v in published)
         cells.append(f"{row['study']}: " + " / ".join(f"{v:g}" for v in published) if has_published else "")
         lines.append("| " + " | ".join(cells) + " |")
+    directions = "; ".join(f"{m} {REGISTRY[m].arrow}" for m in metrics)
     notes = (
-        "FAD and FD: lower is better; accuracies and mAP@10: higher is better. mean ± std over seeds (n) "
+        f"{directions} (↓ lower is better, ↑ higher). mean ± std over seeds (n) "
         "[95% t interval of the mean]. memorization: share of generated clips nearer a training clip than real "
         "unseen clips typically are (about 0.1 for a generator as novel as real clips)."
     )
@@ -291,7 +290,7 @@ def plot(table: pd.DataFrame, path: Path) -> None:
 
     from core.plots import save_figure
 
-    metrics = [m for m in METRICS if f"{m}_mean" in table.columns and table[f"{m}_mean"].notna().any()]
+    metrics = [m for m in summary_metrics() if f"{m}_mean" in table.columns and table[f"{m}_mean"].notna().any()]
     configs = table[table["configuration"] != CEILING]
     ceiling = table[table["configuration"] == CEILING]
     figure, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.6), squeeze=False)
@@ -314,8 +313,7 @@ def plot(table: pd.DataFrame, path: Path) -> None:
             axis.axhline(
                 float(ceiling[f"{metric}_mean"].iloc[0]), color="tab:green", linestyle="--", label="real ceiling"
             )
-        arrow = "↓" if metric in LOWER_IS_BETTER else "↑"
-        axis.set_title(f"{metric} {arrow}", fontsize=9)
+        axis.set_title(f"{metric} {REGISTRY[metric].arrow}", fontsize=9)
         axis.set_xticks(list(positions))
         axis.set_xticklabels(configs["configuration"], rotation=60, ha="right", fontsize=6)
     for axis in axes[0]:

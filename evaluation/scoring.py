@@ -22,8 +22,8 @@ from core.esc50 import ESC50_CATEGORIES, NUM_CLASSES
 from evaluation.clap import DEFAULT_TEMPLATE, ZeroShotClassifier, load_clap_model
 from evaluation.clips import CLIP_SECONDS
 from evaluation.intervals import MIN_INFINITY_CLIPS, bootstrap_frechet, bootstrap_ranking, frechet_infinity
-from evaluation.memorization import FLAG_SHARE, clip_embeddings, memorization_share
-from evaluation.metrics import embedding_frechet_distance, ranking_metrics, target_ranks
+from evaluation.metrics import RANKING_PREFIX, embedding_frechet_distance, ranking_metrics, target_ranks
+from evaluation.metrics.memorization import FLAG_SHARE, clip_embeddings, memorization_share
 from evaluation.protocol import PEAK_LEVEL, Preprocessing, ReferenceSplit
 from evaluation.scorer import SCORER_VERSION, ScorerSettings, cached_predictions, load_or_train_scorer
 
@@ -97,14 +97,10 @@ class ScoredSet:
         table["clips"] = [int(np.sum(self.targets == t)) for t in present]
         for name, scores in self.class_scores.items():
             correct = target_ranks(scores, self.targets) == 0  # the same tie rule as the overall top-1
-            table[f"{_prefix(name)}_top1"] = [float(correct[self.targets == t].mean()) for t in present]
+            table[f"{RANKING_PREFIX[name]}_top1"] = [float(correct[self.targets == t].mean()) for t in present]
         for metric, values in self.per_class_distance.items():
             table[metric] = [values.get(t, np.nan) for t in present]
         return table
-
-
-def _prefix(group: str) -> str:
-    return "ca" if group == "clap" else group
 
 
 class Evaluator:
@@ -219,15 +215,15 @@ class Evaluator:
         o = self.options
         scores = self.clap.scores(clips, o.clip_seconds, self.show_progress, f"CLAP {desc}", self.preprocessing)
         result.class_scores["clap"] = scores
-        result.metrics.update(ranking_metrics(scores, result.targets, "ca"))
-        self._ranking_uncertainty(result, scores, result.targets, "ca")
+        result.metrics.update(ranking_metrics(scores, result.targets, RANKING_PREFIX["clap"]))
+        self._ranking_uncertainty(result, scores, result.targets, RANKING_PREFIX["clap"])
 
     def _score_esc(self, clips: pd.DataFrame, desc: str, generated: bool, result: ScoredSet) -> None:
         predict = self.scorer.predict if generated else partial(cached_predictions, self.scorer)
         logits, embeddings = predict(clips, self.show_progress, desc=f"ESC scorer {desc}")
         result.class_scores["esc"] = logits
-        result.metrics.update(ranking_metrics(logits, result.targets, "esc"))
-        self._ranking_uncertainty(result, logits, result.targets, "esc")
+        result.metrics.update(ranking_metrics(logits, result.targets, RANKING_PREFIX["esc"]))
+        self._ranking_uncertainty(result, logits, result.targets, RANKING_PREFIX["esc"])
         result.metrics["fd_esc"] = self._fd_esc(embeddings)
         self._distance_uncertainty(result, "fd_esc", self.scorer.reference_embeddings, embeddings)
         result.per_class_distance["fd_esc"] = self._fd_esc_per_class(embeddings, result.targets)

@@ -19,54 +19,39 @@ import pandas as pd
 from core.esc50 import ESC50_CATEGORIES
 from core.files import write_text_atomic
 from core.plots import save_figure
-from evaluation.metrics import confusion_matrix
-
-STUDY_TITLE = "FAD and CLAP accuracy (the study's metrics)"
-SCORER_TITLE = "Offline ESC scorer (not VGGish FAD, not CLAP CA)"
-CA_COLUMNS = {"CA Top 1": "ca_top1", "CA Top 5": "ca_top5", "CA Top10": "ca_top10", "CA mAP10": "ca_map10"}
-ESC_COLUMNS = {
-    "FD (ESC scorer)": "fd_esc",
-    "FD∞ (ESC scorer)": "fd_esc_inf",
-    "ESC Top 1": "esc_top1",
-    "ESC Top 5": "esc_top5",
-    "ESC Top10": "esc_top10",
-    "ESC mAP10": "esc_map10",
-    "memorized": "memorization_esc",
-}
-
-
-def _fad_metric(rows: dict[str, dict[str, float]]) -> str | None:
-    names = sorted({name for metrics in rows.values() for name in metrics
-                    if name.startswith("fad_") and not name.endswith(("_ci_low", "_ci_high", "_inf"))})  # fmt: skip
-    return names[0] if names else None
+from evaluation.metrics import SCORER_TABLE, STUDY_TABLE, confusion_matrix, table_metrics
 
 
 def tables(rows: dict[str, dict[str, float]]) -> list[tuple[str, pd.DataFrame]]:
-    """(title, table) pairs: the study's table when FAD or CLAP was computed, the scorer's when it was."""
-    result = []
-    fad = _fad_metric(rows)
+    """(title, table) pairs: the study's table when FAD or CLAP was computed, the scorer's when it was.
+
+    The columns are the registry's (evaluation.metrics) for each table, in its order; one header may stand
+    for several metrics (`Fad score` for every FAD embedding model): the first present fills it.
+    """
     present = {name for metrics in rows.values() for name in metrics}
-    if fad or present & set(CA_COLUMNS.values()):
-        columns = {
-            "Fad score": fad or "fad",
-            "FAD∞": f"{fad or 'fad'}_inf",
-            **CA_COLUMNS,
-            "memorized": "memorization_fad",
-        }
-        result.append((STUDY_TITLE + (f", FAD with {fad[4:]}" if fad else ""), _frame(rows, columns)))
-    if present & set(ESC_COLUMNS.values()):
-        result.append((SCORER_TITLE, _frame(rows, ESC_COLUMNS)))
+    result = []
+    for title in (STUDY_TABLE, SCORER_TABLE):
+        declared = table_metrics(title)
+        if not present & {m.name for m in declared}:
+            continue
+        columns: dict[str, str] = {}
+        for metric in declared:
+            if metric.name in present and metric.header not in columns:
+                columns[metric.header] = metric.name
+        for metric in declared:  # the study's columns stay, as "–", when not computed
+            if metric.role in ("distance", "ranking") and metric.header not in columns:
+                columns[metric.header] = metric.name
+        order = list(dict.fromkeys(m.header for m in declared))
+        columns = {header: columns[header] for header in order if header in columns}
+        fad = [m.name for m in declared if m.group == "fad" and m.role == "distance" and m.name in present]
+        suffix = f", FAD with {fad[0].removeprefix('fad_')}" if fad and title == STUDY_TABLE else ""
+        result.append((title + suffix, _frame(rows, columns)))
     return result
 
 
 def _frame(rows: dict[str, dict[str, float]], columns: dict[str, str]) -> pd.DataFrame:
-    present = {name for metrics in rows.values() for name in metrics}
-    columns = {header: metric for header, metric in columns.items() if metric in present or header in _ALWAYS}
     data = {header: [_cell(rows[row], metric) for row in rows] for header, metric in columns.items()}
     return pd.DataFrame(data, index=pd.Index(list(rows), name="clips"))
-
-
-_ALWAYS = {"Fad score", *CA_COLUMNS, *list(ESC_COLUMNS)[:1], *list(ESC_COLUMNS)[2:6]}  # the study's columns
 
 
 def _cell(metrics: dict[str, float], metric: str) -> str:

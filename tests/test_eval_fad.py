@@ -216,7 +216,7 @@ def test_cli_exits_2_naming_the_missing_weights(tmp_path, esc50_mini, capsys):
 
 def test_fad_gets_an_interval_fad_infinity_and_the_memorization_share(ckpt_dir, tmp_path):
     """Through the evaluator, as for any backbone: PANN (random weights) on tone clips of three classes."""
-    from evaluation.memorization import FLAG_SHARE
+    from evaluation.metrics.memorization import FLAG_SHARE
     from evaluation.protocol import ReferenceSplit
     from evaluation.scoring import EvalOptions, Evaluator
 

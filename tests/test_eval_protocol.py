@@ -15,11 +15,11 @@ import soundfile
 from core.audio import MelSettings, decode_audio, write_wav_atomic
 from core.config import DataConfig
 from core.errors import UserError
-from core.pipeline import GENERATION_RECORD
+from core.generation import GENERATION_RECORD
 from core.spectrograms import training_clips, training_record
 from evaluation.clips import decoded_batches
 from evaluation.evaluate import score_generated
-from evaluation.memorization import FLAG_SHARE
+from evaluation.metrics.memorization import FLAG_SHARE
 from evaluation.protocol import Preprocessing, check_interval_sizes, split_reference
 from evaluation.roundtrip import round_trip_clips
 

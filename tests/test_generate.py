@@ -12,8 +12,8 @@ import pytest
 import soundfile
 
 from core.errors import UserError
+from core.generation import GenerationRequest, generate, parse_classes
 from tests.conftest import REPO
-from training.generate import GenerationRequest, generate, parse_classes
 
 
 def test_generate_writes_clips_and_manifest(trained_tiny_model, tmp_path) -> None:

@@ -6,7 +6,7 @@ import torch
 from diffusers.models.attention_processor import Attention
 
 from core.config import ModelConfig
-from core.model import build_unet
+from core.diffusion.network import build_unet
 
 
 def _attention_modules(model: torch.nn.Module) -> int:

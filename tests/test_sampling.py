@@ -10,8 +10,9 @@ from diffusers import DDIMScheduler, DDPMScheduler
 
 from core.audio import MelSettings, MelTransform
 from core.config import ModelConfig, sample_seed
-from core.model import build_unet
-from core.pipeline import DiffusionModel, clip_to_data_range, make_scheduler, sample_spectrograms
+from core.diffusion.model import DiffusionModel
+from core.diffusion.network import build_unet
+from core.diffusion.samplers import clip_to_data_range, make_scheduler, sample_spectrograms
 from core.rng import seeded
 
 

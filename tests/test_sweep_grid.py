@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_sweep_helpers import ABLATION_TINY, child_runs, tiny_sweep
+from tests.test_sweep_helpers import ABLATION_TINY, RECIPE_TINY, child_runs, tiny_sweep
 from tuning.sweep import run_sweep
 from tuning.trial import FAIL_ONCE_ENV, KEY_TAG
 
@@ -80,15 +80,21 @@ def test_a_failed_trial_is_retried_without_a_duplicate_run(
     markers = tmp_path / "failed-once"
     monkeypatch.setenv(FAIL_ONCE_ENV, str(markers))
     with_token = mlflow_server.replace("http://", "http://researcher:s3cret-token@")  # the server ignores it
+    # The recipe sweep, on an axis the report has never heard of (train.prediction): no code names it.
     spec = tiny_sweep(
-        tmp_path, "retry", with_token, esc50_mini, spectrogram_cache_dir,
-        "sweep.grid.model.attention=[false]", "sweep.grid.data.normalize=[true]",
+        tmp_path, "retry", with_token, esc50_mini, spectrogram_cache_dir, "sweep.grid.train.loss=[l2]",
+        "sweep.grid.train.loss_weighting=[min_snr]", "sweep.grid.train.prediction=[epsilon,v_prediction]",
+        file=RECIPE_TINY,
     )  # fmt: skip
     outcome = run_sweep(spec)
     assert len(list(markers.iterdir())) == 2  # both trials failed once, after training and logging
     assert (outcome.finished, outcome.errored) == (2, [])
-    keys = [run.data.tags[KEY_TAG] for run in child_runs(spec, outcome.parent_run_id)]
+    children = child_runs(spec, outcome.parent_run_id)
+    keys = [run.data.tags[KEY_TAG] for run in children]
     assert len(keys) == 2 and len(set(keys)) == 2  # the retry continued the run it had, no third run
+    assert {run.data.params["train.prediction"] for run in children} == {"epsilon", "v_prediction"}
+    markdown = (outcome.report_dir / "report.md").read_text()
+    assert "| prediction=v_prediction, loss_weighting=min_snr, loss=l2 | 1 |" in markdown
     import mlflow
 
     parent = mlflow.tracking.MlflowClient(mlflow_server).get_run(outcome.parent_run_id)

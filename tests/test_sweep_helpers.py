@@ -6,6 +6,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 ABLATION_TINY = REPO / "configs" / "ablation_tiny.yaml"
+RECIPE_TINY = REPO / "configs" / "recipe_tiny.yaml"
 
 
 def tiny_overrides(tmp_path: Path, name: str, tracking_uri: str, esc50_mini: Path, cache: Path) -> list[str]:
@@ -20,10 +21,18 @@ def tiny_overrides(tmp_path: Path, name: str, tracking_uri: str, esc50_mini: Pat
     ]
 
 
-def tiny_sweep(tmp_path: Path, name: str, tracking_uri: str, esc50_mini: Path, cache: Path, *overrides: str):
+def tiny_sweep(
+    tmp_path: Path,
+    name: str,
+    tracking_uri: str,
+    esc50_mini: Path,
+    cache: Path,
+    *overrides: str,
+    file: Path = ABLATION_TINY,
+):
     from tuning.spec import load_sweep
 
-    return load_sweep(ABLATION_TINY, tiny_overrides(tmp_path, name, tracking_uri, esc50_mini, cache) + list(overrides))
+    return load_sweep(file, tiny_overrides(tmp_path, name, tracking_uri, esc50_mini, cache) + list(overrides))
 
 
 def child_runs(spec, parent_run_id: str) -> list:

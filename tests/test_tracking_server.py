@@ -38,6 +38,6 @@ def test_training_run_lands_on_a_real_tracking_server(mlflow_server, tiny_config
     local = mlflow.artifacts.download_artifacts(
         run_id=result.run_id, artifact_path="model", dst_path=str(tmp_path / "dl"), tracking_uri=mlflow_server
     )
-    from core.pipeline import DiffusionModel
+    from core.diffusion.model import DiffusionModel
 
     assert DiffusionModel.load(local).mlflow_run_id == result.run_id

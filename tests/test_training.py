@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from core.diffusion.model import DiffusionModel
 from core.errors import UserError
-from core.pipeline import DiffusionModel
 from tests.conftest import REPO, TINY_CONFIG, free_port
 from training.checkpoints import complete_checkpoints
 from training.run_folder import LOCK_FILE

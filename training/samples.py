@@ -7,7 +7,8 @@ from pathlib import Path
 
 from core.audio import MelTransform, write_wav_atomic
 from core.config import SampleConfig
-from core.pipeline import DiffusionModel, sample_spectrograms
+from core.diffusion.model import DiffusionModel
+from core.diffusion.samplers import sample_spectrograms
 from core.plots import spectrogram_grid
 
 

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from diffusers import DDPMScheduler, UNet2DModel
@@ -34,10 +33,13 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from core.config import Config, config_hash, flatten, load_config, sample_seed, to_yaml
+from core.diffusion.guidance import null_class
+from core.diffusion.losses import diffusion_loss
+from core.diffusion.model import DiffusionModel
+from core.diffusion.network import build_unet
+from core.diffusion.schedules import noise_schedule
 from core.errors import UserError, exit_on_user_error
 from core.files import write_text_atomic
-from core.model import build_unet
-from core.pipeline import DiffusionModel
 from core.spectrograms import (
     SpectrogramBatches,
     build_spectrogram_cache,
@@ -62,24 +64,32 @@ class TrainResult:
     losses: dict[int, float]  # step -> loss (mean over processes) at each logging step
 
 
-def diffusion_loss(
-    model: torch.nn.Module, noise_scheduler: DDPMScheduler, images: torch.Tensor, labels: torch.Tensor, config: Config
+def recipe_loss(
+    model: torch.nn.Module, schedule: DDPMScheduler, images: torch.Tensor, labels: torch.Tensor, config: Config
 ) -> torch.Tensor:
-    """Epsilon prediction: noise the images at random timesteps and predict that noise."""
-    noise = torch.randn_like(images)
-    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (images.shape[0],), device=images.device)
-    noisy = noise_scheduler.add_noise(images, noise, timesteps)
-    if config.model.class_dropout > 0:  # classifier-free guidance: sometimes show the null class
-        dropped = torch.rand(labels.shape, device=labels.device) < config.model.class_dropout
-        labels = torch.where(dropped, torch.full_like(labels, model_num_classes(model)), labels)
-    prediction = model(noisy, timesteps, class_labels=labels).sample
-    loss_fn = F.l1_loss if config.train.loss == "l1" else F.mse_loss
-    return loss_fn(prediction.float(), noise.float())
-
-
-def model_num_classes(model: torch.nn.Module) -> int:
+    """The configured objective, loss norm and weighting (core.diffusion.losses) for one batch."""
     unwrapped = model.module if hasattr(model, "module") else model
-    return unwrapped.config.num_class_embeds - 1
+    train = config.train
+    return diffusion_loss(
+        model, schedule, images, labels, prediction=train.prediction, loss=train.loss,
+        weighting=train.loss_weighting, min_snr_gamma=train.min_snr_gamma, class_dropout=config.model.class_dropout,
+        null_label=null_class(unwrapped.config.num_class_embeds, config.model.class_dropout),
+    )  # fmt: skip
+
+
+def recipe_record(config: Config) -> dict:
+    """What the model folder records of how it was trained (audio.json `recipe`)."""
+    train = config.train
+    keys = ("prediction", "loss", "loss_weighting", "min_snr_gamma", "beta_schedule", "zero_terminal_snr",
+            "num_train_timesteps")  # fmt: skip
+    return {**{key: getattr(train, key) for key in keys}, "class_dropout": config.model.class_dropout}
+
+
+def sampling_defaults(config: Config) -> dict:
+    """How the model's clips are made unless generation is told otherwise (audio.json `sampling`)."""
+    sample = config.sample
+    return {"scheduler": sample.scheduler, "steps": sample.steps, "guidance_scale": sample.guidance_scale,
+            "griffin_lim_iters": sample.griffin_lim_iters}  # fmt: skip
 
 
 def make_accelerator(config: Config) -> Accelerator:
@@ -179,9 +189,10 @@ def train_in_folder(
     lr_schedule = get_cosine_schedule_with_warmup(
         optimizer, config.train.warmup_steps * world, config.train.max_steps * world
     )
-    noise_scheduler = DDPMScheduler(
-        num_train_timesteps=config.train.num_train_timesteps, beta_schedule=config.train.beta_schedule
-    )
+    noise_scheduler = noise_schedule(
+        config.train.num_train_timesteps, config.train.beta_schedule, config.train.prediction,
+        config.train.zero_terminal_snr,
+    )  # fmt: skip
     # The loader is not prepared: the stream is already split per process, and Accelerate
     # would shard the stream a second time (accelerate #4075).
     model, optimizer, lr_schedule = accelerator.prepare(unet, optimizer, lr_schedule)
@@ -213,7 +224,7 @@ def train_in_folder(
             images = to_model_range(batch["spectrogram"].to(accelerator.device)[:, None], config.data.normalize)
             labels = batch["target"].to(accelerator.device)
             with accelerator.accumulate(model):
-                loss = diffusion_loss(model, noise_scheduler, images, labels, config)
+                loss = recipe_loss(model, noise_scheduler, images, labels, config)
                 accelerator.backward(loss)
                 grad_norm = None
                 if accelerator.sync_gradients:
@@ -291,10 +302,11 @@ def stop_early(accelerator: Accelerator, output_dir: Path, step: int, config: Co
 def as_diffusion_model(
     unet, noise_scheduler: DDPMScheduler, mel, config: Config, run_id: str, data_record: dict | None = None
 ) -> DiffusionModel:
-    null_class = unet.config.num_class_embeds - 1 if config.model.class_dropout > 0 else None
     return DiffusionModel(
         unet=unet, noise_schedule=dict(noise_scheduler.config), mel=mel, normalize=config.data.normalize,
-        null_class=null_class, mlflow_run_id=run_id, sample_clip=config.sample.clip, training=data_record,
+        null_class=null_class(unet.config.num_class_embeds, config.model.class_dropout), mlflow_run_id=run_id,
+        sample_clip=config.sample.clip, training=data_record, recipe=recipe_record(config),
+        sampling=sampling_defaults(config),
     )  # fmt: skip
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from core.config import Config
 from core.errors import UserError
 from core.files import write_text_atomic
+from tuning.train_and_score import generate_and_score, train_and_score
 
 RESULT_FILE = "distributed_result.json"
 
@@ -24,8 +25,6 @@ RESULT_FILE = "distributed_result.json"
 def _worker_loop(arguments: dict[str, Any]) -> None:
     import ray.train
     import torch
-
-    from tuning.trial import generate_and_score, train_and_score
 
     os.environ.pop("MLFLOW_RUN_ID", None)
     os.environ["MLFLOW_TRACKING_URI"] = arguments["context"].tracking_uri

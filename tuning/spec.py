@@ -69,8 +69,8 @@ class SweepSettings:
     search: str = "grid"  # grid | random | asha
     num_samples: int = 1  # random/asha: draws from `space`; each runs with every grid point and seed
     sample_seed: int = 0  # random/asha: seeds the draws, so the same sweep file draws the same values
-    metric: str = "fd_esc"
-    mode: str = "min"
+    metric: str = "fd_esc"  # any metric of evaluation.metrics.REGISTRY (real_/repr_ prefixed ones too)
+    mode: str = ""  # min | max; "" = the metric's own direction (the registry's)
     max_failures: int = 2  # retries per trial
     max_concurrent_trials: int = 0  # 0 = as many as the cluster fits
     cpus_per_trial: float = 1.0
@@ -331,7 +331,7 @@ def _check(spec: SweepSpec) -> None:
                 f"space.{key}", f"{name} needs numbers low < high" + (", both > 0" if name == "loguniform" else ""),
             )  # fmt: skip
     _require(settings.search in SEARCHES, "search", f"'{settings.search}' is not one of {', '.join(SEARCHES)}")
-    _require(settings.mode in ("min", "max"), "mode", f"'{settings.mode}' is not min or max")
+    _check_metric(settings)
     _require(bool(settings.seeds), "seeds", "needs at least one seed")
     _require(len(set(settings.seeds)) == len(settings.seeds), "seeds", "has repeated seeds")
     _require(settings.num_samples >= 1, "num_samples", "must be >= 1")
@@ -357,6 +357,29 @@ def _check(spec: SweepSpec) -> None:
             spec.trial_config(params)
         except UserError as error:
             raise UserError(f"sweep.grid combination {params}: {error}") from None
+
+
+def _check_metric(settings: SweepSettings) -> None:
+    """`metric` is one evaluation logs with the sweep's metric groups; `mode` follows it (the registry's direction)."""
+    from evaluation.metrics import REGISTRY, find_metric
+
+    metric = find_metric(settings.metric)
+    _require(
+        metric is not None, "metric", f"'{settings.metric}' is not a metric evaluation logs ({', '.join(REGISTRY)})"
+    )
+    _require(
+        metric.group in settings.evaluate.metrics,
+        "metric",
+        f"{settings.metric} is computed by the '{metric.group}' metrics, which sweep.evaluate.metrics leaves out",
+    )
+    settings.mode = settings.mode or metric.mode
+    _require(settings.mode in ("min", "max"), "mode", f"'{settings.mode}' is not min or max")
+    _require(
+        settings.mode == metric.mode,
+        "mode",
+        f"{settings.metric} is better when {'lower' if metric.lower_is_better else 'higher'}, so its mode is "
+        f"{metric.mode}, not {settings.mode}",
+    )
 
 
 def _require(condition: bool, key: str, message: str) -> None:

@@ -266,10 +266,11 @@ def log_ceiling(spec: SweepSpec, parent_run_id: str) -> None:
     from mlflow.entities import Metric
 
     from evaluation.evaluate import score_real
+    from evaluation.metrics import REAL_PREFIX
 
     evaluate = spec.settings.evaluate
     client = mlflow.tracking.MlflowClient()
-    if not evaluate.ceiling or any(k.startswith("real_") for k in client.get_run(parent_run_id).data.metrics):
+    if not evaluate.ceiling or any(k.startswith(REAL_PREFIX) for k in client.get_run(parent_run_id).data.metrics):
         return
     data = spec.base["data"]
     metrics = score_real(

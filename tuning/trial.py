@@ -10,28 +10,18 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.config import Config, sample_seed
+from core.config import Config
 from core.files import write_text_atomic
-from tuning.spec import SAMPLE_INDEX, SweepSpec, trial_key
+from tuning.spec import SAMPLE_INDEX, trial_key
+from tuning.train_and_score import FAIL_ONCE_ENV, TrialContext, stage_end_step, train_and_score
+
+__all__ = ["FAIL_ONCE_ENV", "KEY_TAG", "TrialContext", "run_trial"]
 
 KEY_TAG = "sweep.trial_key"  # the MLflow tag that finds a trial's child run again
 STATE_FILE = "trial_state.json"  # inside the Tune checkpoint: stages done and where the trial's files are
-FAIL_ONCE_ENV = "TUNING_FAIL_ONCE_DIR"  # tests: each trial fails once, after training, leaving a marker here
-
-
-@dataclass
-class TrialContext:
-    """What every trial shares; rebuilt by the driver on each (re)start, so it is never stale."""
-
-    spec: SweepSpec
-    sweep_dir: str  # absolute: <storage_path>/<name>
-    tracking_uri: str  # an http(s) MLflow server
-    parent_run_id: str
-    fail_once_dir: str = ""
 
 
 def trial_dir(context: TrialContext, params: dict[str, Any]) -> Path:
@@ -97,11 +87,6 @@ def trial_config(context: TrialContext, params: dict[str, Any], output_dir: Path
     return config
 
 
-def stage_end_step(config: Config, stages: int, stage: int) -> int:
-    """ASHA cuts the training budget into equal stages, each scored; the LR schedule spans all of them."""
-    return max(1, round(config.train.max_steps * (stage + 1) / stages))
-
-
 def _stages_done(checkpoint) -> tuple[int, dict]:
     """Stages finished according to the trial's Tune checkpoint, and the metrics reported with the last."""
     if checkpoint is None:
@@ -143,66 +128,3 @@ def adopt_child_run(output_dir: Path, experiment: str, parent_run_id: str, key: 
         return ""
     write_text_atomic(record, json.dumps({"mlflow_run_id": runs[0].info.run_id}))
     return runs[0].info.run_id
-
-
-def train_and_score(
-    context: TrialContext,
-    config: Config,
-    resume: str | None,
-    tags: dict[str, str],
-    stage: int,
-    train_only: bool = False,
-) -> tuple[dict[str, float], str]:
-    """Train (or continue), then generate and score on this process; returns (metrics, MLflow run id)."""
-    from training.train import train
-
-    result = train(
-        config, resume=resume, show_progress=False, parent_run_id=context.parent_run_id, run_tags=tags,
-        stop_after_steps=stage_end_step(config, context.spec.stages, stage),
-    )  # fmt: skip
-    if train_only:
-        return {}, result.run_id
-    _maybe_fail_once(context, Path(config.output_dir))
-    return generate_and_score(context, config, result.model_dir, result.run_id, stage), result.run_id
-
-
-def generate_and_score(context: TrialContext, config: Config, model_dir: Path, run_id: str, stage: int) -> dict:
-    from evaluation.evaluate import log_evaluation, score_with_protocol
-    from training.generate import GenerationRequest, generate
-
-    settings = context.spec.settings
-    output_dir = Path(config.output_dir)
-    generated = output_dir / ("generated" if context.spec.stages == 1 else f"generated_stage{stage + 1}")
-    generate(
-        GenerationRequest(
-            model=str(model_dir), out=str(generated), per_class=settings.generate.per_class,
-            classes=list(settings.generate.classes) or None, scheduler=config.sample.scheduler,
-            steps=config.sample.steps, guidance_scale=config.sample.guidance_scale,
-            batch_size=config.sample.batch_size, griffin_lim_iters=config.sample.griffin_lim_iters,
-            seed=sample_seed(config),
-        ),
-        show_progress=False,
-    )  # fmt: skip
-    evaluate = settings.evaluate
-    metrics, protocol = score_with_protocol(
-        str(generated), evaluate.reference or config.data.source, list(evaluate.metrics),
-        reference_folds=tuple(evaluate.reference_folds), sample_rate=config.data.sample_rate,
-        cache_dir=evaluate.cache_dir, show_progress=False, real_row=evaluate.ceiling, **dict(evaluate.options),
-    )  # fmt: skip
-    evaluation_dir = output_dir / ("evaluation" if context.spec.stages == 1 else f"evaluation_stage{stage + 1}")
-    write_text_atomic(evaluation_dir / "metrics.json", json.dumps(metrics, indent=2))
-    write_text_atomic(evaluation_dir / "protocol.json", json.dumps(protocol, indent=2, sort_keys=True))
-    if run_id:
-        log_evaluation(run_id, metrics, evaluation_dir, tags=protocol)
-    return {name: float(value) for name, value in metrics.items()}
-
-
-def _maybe_fail_once(context: TrialContext, output_dir: Path) -> None:
-    """Fault injection for the retry test: the first attempt of each trial dies after training."""
-    if not context.fail_once_dir:
-        return
-    marker = Path(context.fail_once_dir) / output_dir.name
-    if not marker.exists():
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text("failed once\n")
-        raise RuntimeError(f"injected failure for {output_dir.name} ({FAIL_ONCE_ENV})")

@@ -8,8 +8,8 @@ import shutil
 import pytest
 import torch
 
+from core.diffusion.model import DiffusionModel, resolve_model_folder
 from core.errors import UserError
-from core.pipeline import DiffusionModel, resolve_model_folder
 from training.checkpoints import MARKER, complete_checkpoints, verify_checkpoint
 
 

@@ -1,4 +1,4 @@
-"""The numbers in the table: Frechet distance between Gaussians, top-k accuracy and mAP@10 from class scores.
+"""Frechet distance between Gaussians fitted to two sets of embeddings: FAD (`fad_<model>`) and `fd_esc`.
 
 `frechet_distance` computes what `frechet_audio_distance`'s `calculate_frechet_distance` computes
 (`tests/test_eval_metrics.py` checks they agree), faster and without importing that package, which
@@ -10,9 +10,6 @@ not pay for. Both `fad_<model>` and the offline scorer's `fd_esc` use it, throug
 from __future__ import annotations
 
 import numpy as np
-
-TOP_K = (1, 5, 10)
-MAP_AT = 10
 
 
 def gaussian_statistics(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -74,53 +71,3 @@ def embedding_frechet_distance(first: np.ndarray, second: np.ndarray) -> float:
 def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
     eigenvalues, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
     return (vectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ vectors.T
-
-
-def target_ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """0-based rank of each row's target class among all classes, highest score first.
-
-    Ties are counted against the target: rank = number of *other* classes scoring at least as high.
-    A scorer that gives every class the same score therefore ranks the target last, never first,
-    so a constant (broken) model cannot earn accuracy from the order of the class list.
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    targets = np.asarray(targets, dtype=np.int64)
-    if scores.ndim != 2 or len(scores) != len(targets):
-        raise ValueError(f"scores {scores.shape} do not match {len(targets)} targets")
-    if not np.isfinite(scores).all():
-        raise ValueError("class scores contain NaN or infinite values")
-    if len(targets) and (targets.min() < 0 or targets.max() >= scores.shape[1]):
-        raise ValueError(f"targets must lie in 0..{scores.shape[1] - 1}")
-    target_scores = scores[np.arange(len(targets)), targets][:, None]
-    return (scores >= target_scores).sum(axis=1) - 1
-
-
-def topk_accuracy(scores: np.ndarray, targets: np.ndarray, k: int) -> float:
-    """Fraction of rows whose target is among the k best-scored classes."""
-    return float(np.mean(target_ranks(scores, targets) < k))
-
-
-def mean_average_precision(scores: np.ndarray, targets: np.ndarray, at: int = MAP_AT) -> float:
-    """mAP@`at` with one relevant class per row, as LAION-CLAP's zero-shot evaluation computes it.
-
-    With a single relevant item, average precision is the reciprocal of its (1-based) rank when that
-    rank is within `at`, else 0; the mean over rows is the mAP.
-    """
-    ranks = target_ranks(scores, targets)
-    return float(np.mean(np.where(ranks < at, 1.0 / (ranks + 1), 0.0)))
-
-
-def ranking_metrics(scores: np.ndarray, targets: np.ndarray, prefix: str) -> dict[str, float]:
-    """`{prefix}_top1, _top5, _top10, _map10`: the same code for CLAP (`ca`) and the offline scorer (`esc`)."""
-    ranks = target_ranks(scores, targets)
-    metrics = {f"{prefix}_top{k}": float(np.mean(ranks < k)) for k in TOP_K}
-    metrics[f"{prefix}_map{MAP_AT}"] = float(np.mean(np.where(ranks < MAP_AT, 1.0 / (ranks + 1), 0.0)))
-    return metrics
-
-
-def confusion_matrix(scores: np.ndarray, targets: np.ndarray, num_classes: int) -> np.ndarray:
-    """counts[true, predicted], the prediction being the best-scored class (lowest index on ties)."""
-    predicted = np.asarray(scores).argmax(axis=1)
-    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(counts, (np.asarray(targets), predicted), 1)
-    return counts

@@ -35,3 +35,17 @@ def memorization_share(generated: np.ndarray, held_out: np.ndarray, training: np
     """Share of generated clips nearer a training clip than real unseen clips typically are (see above)."""
     threshold = np.percentile(nearest_distances(held_out, training), PERCENTILE)
     return float(np.mean(nearest_distances(generated, training) < threshold))
+
+
+def _declare() -> list:
+    from evaluation.metrics.metric import SCORER_TABLE, STUDY_TABLE, Metric
+
+    return [
+        Metric(f"memorization_{group}", "memorized", True, group, table, "diagnostic",
+               f"share of generated clips nearer a training clip than the {PERCENTILE:g}th percentile of real "
+               f"unseen clips ({group} embeddings)", memorization_share)
+        for group, table in (("fad", STUDY_TABLE), ("esc", SCORER_TABLE))
+    ]  # fmt: skip
+
+
+METRICS = _declare()

@@ -5,12 +5,8 @@ from __future__ import annotations
 from diffusers import UNet2DModel
 
 from core.config import ModelConfig
+from core.diffusion.guidance import num_class_embeddings
 from core.esc50 import NUM_CLASSES
-
-
-def num_class_embeddings(model: ModelConfig, num_classes: int = NUM_CLASSES) -> int:
-    # Classifier-free guidance needs one more embedding: the "no class" label, index num_classes.
-    return num_classes + (1 if model.class_dropout > 0 else 0)
 
 
 def build_unet(model: ModelConfig, resolution: int, num_classes: int = NUM_CLASSES) -> UNet2DModel:
@@ -35,5 +31,5 @@ def build_unet(model: ModelConfig, resolution: int, num_classes: int = NUM_CLASS
         attention_head_dim=model.attention_head_dim,
         norm_num_groups=model.norm_groups,
         dropout=model.dropout,
-        num_class_embeds=num_class_embeddings(model, num_classes),
+        num_class_embeds=num_class_embeddings(num_classes, model.class_dropout),
     )
