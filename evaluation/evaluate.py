@@ -70,11 +70,10 @@ def score_with_protocol(
     """`score_generated`'s metrics, and the protocol they were measured under (the `evaluation.*` tags)."""
     real_row = bool(options.pop("real_row", False))
     record = read_generation_record(generated_dir) if generated_dir is not None else {}
-    sample_rate = generator_rate(record, sample_rate)
-    eval_options = _protocol_options(EvalOptions.from_options(options), record)
-    evaluator = build_evaluator(
-        reference, metrics, reference_folds, sample_rate, cache_dir, show_progress, eval_options
-    )
+    evaluator = prepared_evaluator(
+        record, reference, metrics, EvalOptions.from_options(options), reference_folds, sample_rate, cache_dir,
+        show_progress,
+    )  # fmt: skip
     if generated_dir is None:
         result = dict(evaluator.score(evaluator.split.held_out, desc="real").metrics)
     else:
