@@ -137,58 +137,119 @@ def write_wav_atomic(path: str | os.PathLike, samples: np.ndarray, sample_rate: 
     os.replace(temporary, path)
 
 
+LEVELS = ("peak", "fixed")  # data.level: each clip's own loudest bin is 0 dB, or one reference for every clip
+SCALES = ("db", "ln")  # power in dB (this tool's), or natural-log magnitude (AudioLDM's HiFi-GAN)
+LN_FLOOR = math.log(1e-5)  # AudioLDM's log-magnitude floor
+
+
 @dataclass(frozen=True)
 class MelSettings:
+    """The representation: how a clip becomes a spectrogram in [0, 1] of (mel bins x frames).
+
+    `resolution` alone (the first keys below) is the N x N setting of earlier versions, with its window
+    rule; `mel_bins`/`frames` (0 = `resolution`) set the two sides apart, and then the window defaults to
+    4 hops. Keys at their defaults are left out of `to_json`, so earlier caches' keys and models' mel
+    settings mean what they meant.
+    """
+
     sample_rate: int = 22050
     clip_seconds: float = 5.0
     resolution: int = 64
     n_fft: int = 0
     top_db: float = 80.0
+    mel_bins: int = 0
+    frames: int = 0
+    hop: int = 0  # 0 = the hop whose frames cover the whole clip
+    f_min: float = 0.0
+    f_max: float = 0.0  # 0 = Nyquist
+    level: str = "peak"
+    scale: str = "db"
 
     @property
     def clip_samples(self) -> int:
         return round(self.sample_rate * self.clip_seconds)
 
     @property
+    def n_mels(self) -> int:
+        return self.mel_bins or self.resolution
+
+    @property
+    def n_frames(self) -> int:
+        return self.frames or self.resolution
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n_mels, self.n_frames)
+
+    @property
+    def square_legacy(self) -> bool:
+        """Set by `resolution` only, as every setting was before mel bins and frames were apart."""
+        return not (self.mel_bins or self.frames or self.hop)
+
+    @property
     def hop_length(self) -> int:
         # With centred frames librosa yields 1 + samples // hop frames; this hop gives exactly
-        # `resolution` frames spanning the whole clip (teticio's 64x64 setting covers only 2.97 s).
-        return math.ceil(self.clip_samples / self.resolution)
+        # `n_frames` frames spanning the whole clip (teticio's 64x64 setting covers only 2.97 s).
+        return self.hop or math.ceil(self.clip_samples / self.n_frames)
 
     @property
     def window_length(self) -> int:
         if self.n_fft:
             return self.n_fft
-        # Griffin-Lim needs overlapping windows: at least two hops, rounded to a power of two.
-        return max(1024, 1 << math.ceil(math.log2(2 * self.hop_length)))
+        if self.square_legacy:
+            # Earlier rule: at least two hops (windows overlapping by half), rounded up to a power of two.
+            return max(1024, 1 << math.ceil(math.log2(2 * self.hop_length)))
+        # Four hops, to the nearest power of two: Griffin-Lim needs the overlap (issue 14's measurements).
+        return 1 << round(math.log2(4 * self.hop_length))
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        values = asdict(self)
+        for key, default in _NEW_KEY_DEFAULTS.items():
+            if values[key] == default:
+                del values[key]
+        return json.dumps(values, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> MelSettings:
         return cls(**json.loads(text))
 
 
+_NEW_KEY_DEFAULTS = {"mel_bins": 0, "frames": 0, "hop": 0, "f_min": 0.0, "f_max": 0.0, "level": "peak", "scale": "db"}
+
+
 class MelTransform:
-    """Clip <-> log-mel spectrogram in [0, 1], shape (resolution, resolution): mel bins x frames."""
+    """Clip <-> log-mel spectrogram in [0, 1], shape (mel bins, frames)."""
 
     def __init__(self, settings: MelSettings):
         import librosa
 
         self.settings = settings
         self._filters = librosa.filters.mel(
-            sr=settings.sample_rate, n_fft=settings.window_length, n_mels=settings.resolution
-        ).astype(np.float32)
+            sr=settings.sample_rate, n_fft=settings.window_length, n_mels=settings.n_mels, fmin=settings.f_min,
+            fmax=settings.f_max or None,
+        ).astype(np.float32)  # fmt: skip
         # Each FFT bin falls under at most two mel triangles: as a sparse matrix the projection is 4x faster.
         self._sparse_filters = scipy.sparse.csr_matrix(self._filters)
         self._window = torch.hann_window(settings.window_length, periodic=True)  # librosa's default window
+        # data.level=fixed (and scale=ln): one reference for every clip, so loudness stays in the data.
+        self.fixed_reference = self._full_scale_reference()
+
+    def _full_scale_reference(self) -> float:
+        """The mel value (power for db, magnitude for ln) of a full-scale sine at the centre of the strongest band."""
+        s = self.settings
+        band, bin_index = np.unravel_index(np.argmax(self._filters), self._filters.shape)
+        t = np.arange(s.window_length) / s.sample_rate
+        sine = np.sin(2 * np.pi * (bin_index * s.sample_rate / s.window_length) * t).astype(np.float32)
+        magnitude = np.abs(np.fft.rfft(sine * self._window.numpy()))
+        return float(self._filters[band] @ (magnitude if s.scale == "ln" else magnitude**2))
 
     def spectrogram(self, samples: np.ndarray) -> np.ndarray:
-        """Log-mel of one clip (or a batch, leading axes kept), scaled so 0 = -top_db below the peak.
+        """Log-mel of one clip (or a batch, leading axes kept), scaled to [0, 1].
 
         librosa's power mel spectrogram (centred Hann frames, zero padding), equal to it within 1e-5,
-        computed for the `resolution` frames kept only: 0.9 ms per 5 s clip against librosa's 3.6 ms (one thread).
+        computed for the frames kept only: 0.9 ms per 5 s clip against librosa's 3.6 ms (one thread).
+        `scale=db`: 0 = `top_db` below the reference (each clip's peak, or the fixed one); `scale=ln`:
+        natural-log magnitude, 0 = AudioLDM's floor ln(1e-5), 1 = the fixed reference.
         """
         s = self.settings
         samples = fix_length(np.asarray(samples, dtype=np.float32), s.clip_samples)
@@ -198,20 +259,45 @@ class MelTransform:
         if np.any(peak_amplitude > 1.0):  # beyond full scale: the power would overflow float32 (the scale drops out)
             samples = samples / np.maximum(peak_amplitude, 1.0)
         half_window = s.window_length // 2
+        bins, count = s.shape
         with torch.inference_mode():  # torch's real FFT: 0.24 ms for a clip's frames, numpy's 1.0 ms
             padded = torch.nn.functional.pad(torch.from_numpy(samples.reshape(-1, s.clip_samples)), (half_window,) * 2)
-            frames = padded.unfold(-1, s.window_length, s.hop_length)[:, : s.resolution]  # (clips, frames, window)
+            frames = padded.unfold(-1, s.window_length, s.hop_length)[:, :count]  # (clips, frames, window)
+            if frames.shape[1] < count:  # a hop given (data.preset) whose frames end before the clip does
+                frames = torch.nn.functional.pad(frames, (0, 0, 0, count - frames.shape[1]))
             spectrum = torch.fft.rfft(frames * self._window).numpy()
-        power = np.abs(spectrum.reshape(-1, spectrum.shape[-1])) ** 2  # numpy's complex abs: 5x faster than torch's
-        mel = (self._sparse_filters @ power.T).reshape(s.resolution, -1, s.resolution).transpose(1, 0, 2)
-        mel = mel.reshape(samples.shape[:-1] + (s.resolution, s.resolution))
-        # Per-clip peak reference, as teticio's Mel: loudness is not what the model should learn.
-        peak = np.maximum(mel.max(axis=(-2, -1), keepdims=True), 1e-10)
-        db = 10.0 * np.log10(np.maximum(mel, 1e-10) / peak)
-        return ((np.maximum(db, -s.top_db) + s.top_db) / s.top_db).astype(np.float32)
+        magnitude = np.abs(spectrum.reshape(-1, spectrum.shape[-1]))  # numpy's complex abs: 5x faster than torch's
+        power = magnitude if s.scale == "ln" else magnitude**2
+        mel = (self._sparse_filters @ power.T).reshape(bins, -1, count).transpose(1, 0, 2)
+        mel = mel.reshape(samples.shape[:-1] + (bins, count))
+        if s.scale == "ln":
+            ceiling = math.log(self.fixed_reference)
+            return ((np.log(np.maximum(mel, 1e-5)) - LN_FLOOR) / (ceiling - LN_FLOOR)).clip(0, 1).astype(np.float32)
+        if s.level == "peak":  # per-clip peak reference, as teticio's Mel: loudness is not what the model learns
+            reference = np.maximum(mel.max(axis=(-2, -1), keepdims=True), 1e-10)
+        else:
+            reference = self.fixed_reference
+        db = 10.0 * np.log10(np.maximum(mel, 1e-10) / reference)
+        return ((np.clip(db, -s.top_db, 0.0) + s.top_db) / s.top_db).astype(np.float32)
 
-    def audio(self, spectrograms: torch.Tensor | np.ndarray, iterations: int = 32, seed: int = 0) -> np.ndarray:
-        """Invert a batch (B, R, R) or one (R, R) spectrogram in [0, 1] to clips of exactly clip_seconds."""
+    def magnitude_mel(self, spectrograms: torch.Tensor) -> torch.Tensor:
+        """The inverse of the [0, 1] scaling: mel magnitudes (ln scale) or powers (db scale), same shape."""
+        s = self.settings
+        batch = spectrograms.clamp(0, 1)
+        if s.scale == "ln":
+            return torch.exp(batch * (math.log(self.fixed_reference) - LN_FLOOR) + LN_FLOOR)
+        power = torch.pow(10.0, (batch * s.top_db - s.top_db) / 10.0)
+        return power if s.level == "peak" else power * self.fixed_reference
+
+    def audio(
+        self, spectrograms: torch.Tensor | np.ndarray, iterations: int = 32, seed: int = 0, momentum: float = 0.99
+    ) -> np.ndarray:
+        """Invert a batch (B, bins, frames) or one spectrogram in [0, 1] to clips of exactly clip_seconds.
+
+        Griffin-Lim with `momentum` (Perraudin et al. 2013's fast Griffin-Lim; torchaudio's default 0.99,
+        which every earlier version used; 0 = the original algorithm). `level=peak` clips come out at a
+        0.9 peak (the spectrogram carries no absolute loudness); `level=fixed` ones at the level they encode.
+        """
         import torchaudio
 
         s = self.settings
@@ -219,27 +305,29 @@ class MelTransform:
         single = batch.dim() == 2
         batch = batch[None] if single else batch
         device = batch.device
-        db = batch.clamp(0, 1) * s.top_db - s.top_db
-        mel_power = torch.pow(10.0, db / 10.0)
-        # Least-squares inverse of the mel filter bank, clamped to valid (non-negative) power.
+        mel = self.magnitude_mel(batch)
+        # Least-squares inverse of the mel filter bank, clamped to valid (non-negative) values.
         filters = torch.from_numpy(self._filters).to(device)
         pinv = torch.linalg.pinv(filters)
-        linear_power = (pinv @ mel_power).clamp_min(0.0)
+        linear = (pinv @ mel).clamp_min(0.0)
         frames = 1 + s.clip_samples // s.hop_length
-        if linear_power.shape[-1] < frames:  # the forward transform dropped trailing frames
-            linear_power = torch.nn.functional.pad(linear_power, (0, frames - linear_power.shape[-1]), mode="replicate")
+        if linear.shape[-1] < frames:  # the forward transform dropped trailing frames
+            linear = torch.nn.functional.pad(linear, (0, frames - linear.shape[-1]), mode="replicate")
         griffin_lim = torchaudio.transforms.GriffinLim(
             n_fft=s.window_length,
             hop_length=s.hop_length,
-            power=2.0,
+            power=1.0 if s.scale == "ln" else 2.0,
             n_iter=iterations,
+            momentum=momentum,
             length=s.clip_samples,
             rand_init=True,
         ).to(device)
         # Griffin-Lim starts from random phase (drawn on `device`): seed that one generator and restore it,
         # leaving every other stream alone (training samples mid-run and must stay bit-for-bit resumable).
         with seeded(seed, device), torch.inference_mode():
-            clips = griffin_lim(linear_power)
-        peak = clips.abs().amax(dim=-1, keepdim=True).clamp_min(1e-8)
-        clips = (clips / peak * 0.9).cpu().numpy()  # the spectrogram carries no absolute loudness
+            clips = griffin_lim(linear[..., :frames])
+        if s.level == "peak" and s.scale == "db":
+            peak = clips.abs().amax(dim=-1, keepdim=True).clamp_min(1e-8)
+            clips = clips / peak * 0.9
+        clips = clips.clamp(-1.0, 1.0).cpu().numpy()
         return clips[0] if single else clips

@@ -36,7 +36,13 @@ class DataConfig:
     sample_rate: int = 22050
     clip_seconds: float = 5.0
     resolution: int = 64  # mel bins = time frames = resolution; the frames span the whole clip
-    n_fft: int = 0  # 0 = the smallest power of two >= 2 hops, so windows overlap by half
+    # Mel bins and frames apart (0 = resolution): the UNet takes (mel_bins, frames), the hop makes the frames
+    # span the whole clip, and n_fft=0 means 4 hops (to the nearest power of two) instead of resolution's rule.
+    mel_bins: int = 0
+    frames: int = 0
+    n_fft: int = 0  # 0 = resolution only: the smallest power of two >= 2 hops (and >= 1024); else 4 hops
+    level: str = "peak"  # peak: each clip's loudest bin is 0 dB; fixed: one reference, loudness stays in the data
+    preset: str = ""  # audioldm: AudioLDM's mel settings (16 kHz, 64 bins, n_fft 1024, hop 160, 0-8 kHz, ln)
     top_db: float = 80.0
     normalize: bool = True  # True: [-1, 1] (diffusers/Palette); False: [0, 1] (the ablation)
     cache_dir: str = ".cache/spectrograms"
@@ -92,7 +98,10 @@ class SampleConfig:
     steps: int = 50
     guidance_scale: float = 1.0  # 1.0 = plain conditional sampling, as in the study
     batch_size: int = 32
+    vocoder: str = "griffin_lim"  # griffin_lim | hifigan (core.vocoders)
     griffin_lim_iters: int = 32
+    griffin_lim_momentum: float = 0.99  # fast Griffin-Lim (Perraudin et al. 2013), torchaudio's default; 0 = plain
+    vocoder_path: str = ""  # hifigan: a local checkpoint folder, or a hub id already in the Hugging Face cache
     # How the sampler clips its estimate of the clean spectrogram at each step: `data_range` ([-1, 1]
     # with data.normalize, [0, 1] without, the same way in both modes), `legacy` (diffusers' own clip to
     # [-1, 1] whatever the range: how models saved before this key existed sample) or `none` (only the
@@ -147,6 +156,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
                 except (TypeError, ValueError) as error:  # OmegaConf: e.g. a mapping where a list belongs
                     key = item.split("=", 1)[0].encode("unicode_escape").decode()
                     raise UserError(f"invalid config key '{key}': {str(error).splitlines()[0]}") from None
+            _apply_preset(merged)
         if OmegaConf.is_missing(merged, "output_dir"):
             raise UserError("config key 'output_dir' is required (set it in the YAML or as output_dir=DIR)")
         config: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
@@ -155,6 +165,33 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         raise UserError(_describe_omegaconf_error(error, path)) from None
     validate(config)
     return config
+
+
+# data.preset: mel settings fixed by a vocoder's checkpoint (the hop, band and log scale are not config keys).
+PRESETS = {
+    "audioldm": {"sample_rate": 16000, "mel_bins": 64, "n_fft": 1024, "level": "fixed"},
+}
+PRESET_FRAMES = {"audioldm": 512}  # the default when data.frames is not set: 512 x 160 samples = 5.12 s
+PRESET_MEL = {"audioldm": {"hop": 160, "f_min": 0.0, "f_max": 8000.0, "scale": "ln"}}
+
+
+def _apply_preset(merged) -> None:
+    """Set a preset's data keys; one the user set to something else is refused, naming both."""
+    preset = merged.data.preset
+    if not preset:
+        return
+    if preset not in PRESETS:
+        raise UserError(f"invalid config key 'data.preset': '{preset}' is not one of {', '.join(PRESETS)}")
+    defaults = DataConfig()
+    for key, value in PRESETS[preset].items():
+        given = merged.data[key]
+        if given != getattr(defaults, key) and given != value:
+            raise UserError(
+                f"invalid config key 'data.{key}': data.preset={preset} needs {value} (its vocoder's checkpoint "
+                f"was trained on it), not {given}"
+            )
+        merged.data[key] = value
+    merged.data.frames = merged.data.frames or PRESET_FRAMES[preset]
 
 
 def _check_override_syntax(overrides: list[str]) -> None:
@@ -197,6 +234,7 @@ def validate(config: Config) -> None:
         f"{data.resolution} is too small for {levels} UNet levels",
     )
     _require(data.n_fft == 0 or data.n_fft >= 16, "data.n_fft", "must be 0 (automatic) or >= 16")
+    _validate_representation(config)
     _require(data.top_db > 0, "data.top_db", "must be positive")
     _require(data.shuffle_buffer >= 1, "data.shuffle_buffer", "must be >= 1")
     _require(all(1 <= f <= 5 for f in data.folds), "data.folds", "ESC-50 folds are 1..5")
@@ -234,6 +272,38 @@ def validate(config: Config) -> None:
     _require(sample.griffin_lim_iters >= 1, "sample.griffin_lim_iters", "must be >= 1")
     _require(sample.seed >= -1, "sample.seed", "must be >= 0, or -1 (derived from seed)")
     _require(data.holdout_recordings >= 0, "data.holdout_recordings", "must be >= 0")
+
+
+def _validate_representation(config: Config) -> None:
+    """Mel settings that the UNet can take and a vocoder can invert, checked before any work."""
+    from core.audio import LEVELS
+    from core.spectrograms import mel_settings
+    from core.vocoders import VOCODERS
+
+    data, sample = config.data, config.sample
+    halvings = len(config.model.block_channels) - 1
+    for key in ("mel_bins", "frames"):
+        value = getattr(data, key)
+        _require(value >= 0, f"data.{key}", "must be >= 0 (0 = data.resolution)")
+        _require(
+            value == 0 or (value % (1 << halvings) == 0 and value >> halvings >= 2),
+            f"data.{key}",
+            f"{value} does not fit the UNet: {len(config.model.block_channels)} levels halve it {halvings} times, "
+            f"so it must be a multiple of {1 << halvings} and at least {2 << halvings}",
+        )
+    _one_of(data.level, LEVELS, "data.level")
+    mel = mel_settings(data)
+    _require(
+        mel.window_length >= mel.hop_length,
+        "data.n_fft",
+        f"{mel.window_length} is shorter than the hop ({mel.hop_length} samples): frames would skip audio and no "
+        "vocoder could invert them",
+    )
+    _one_of(sample.vocoder, VOCODERS, "sample.vocoder")
+    VOCODERS[sample.vocoder].check_settings(mel, "sample.vocoder")
+    if sample.vocoder == "hifigan":  # training voices its samples at the end: a missing checkpoint fails now
+        VOCODERS[sample.vocoder].check_path(sample.vocoder_path, mel, "sample.vocoder_path")
+    _require(0.0 <= sample.griffin_lim_momentum < 1.0, "sample.griffin_lim_momentum", "must be in [0, 1)")
 
 
 def _one_of(value: str, choices, key: str) -> None:

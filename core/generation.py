@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from core.audio import MelTransform, write_wav_atomic
+from core.audio import write_wav_atomic
 from core.diffusion.samplers import SAMPLE_CLIPS, SAMPLERS, sample_spectrograms
 from core.errors import UserError
 from core.esc50 import ESC50_CATEGORIES
 from core.files import write_text_atomic
+from core.vocoders import build_vocoder
 
 if TYPE_CHECKING:
     from core.diffusion.model import DiffusionModel
@@ -43,7 +44,10 @@ class GenerationRequest:
     steps: int | None = None
     guidance_scale: float | None = None
     batch_size: int = 32
+    vocoder: str | None = None  # griffin_lim | hifigan
     griffin_lim_iters: int | None = None
+    griffin_lim_momentum: float | None = None
+    vocoder_path: str | None = None  # hifigan: its checkpoint (a folder, or a hub id in the local cache)
     seed: int = 0
     device: str = ""  # "" = CUDA when present
     clip: str = ""  # how the sampler clips x0 (sample.clip: data_range, legacy, none); "" = the model's own
@@ -75,7 +79,10 @@ def generate(request: GenerationRequest, show_progress: bool = True) -> Path:
         raise UserError(f"cannot create --out {out}: {error.strerror or error}") from None
 
     labels = [c for c in classes for _ in range(request.per_class)]
-    transform = MelTransform(model.mel)
+    vocoder = build_vocoder(
+        request.vocoder, model.mel, iterations=request.griffin_lim_iters, momentum=request.griffin_lim_momentum,
+        path=request.vocoder_path, device=device,
+    )  # fmt: skip
     rows = []
     chunk = request.batch_size
     with tqdm(total=len(labels), desc="generating clips", disable=not show_progress) as progress:
@@ -85,7 +92,7 @@ def generate(request: GenerationRequest, show_progress: bool = True) -> Path:
                 model, chunk_labels, request.scheduler, request.steps, request.guidance_scale,
                 batch_size=chunk, seed=request.seed + start, clip=request.clip,
             )  # fmt: skip
-            clips = transform.audio(spectrograms.to(device), iterations=request.griffin_lim_iters, seed=request.seed)
+            clips = vocoder(spectrograms.to(device), seed=request.seed)
             for offset, (label, clip) in enumerate(zip(chunk_labels, clips)):
                 index = (start + offset) % request.per_class
                 category = model.categories[label]
@@ -117,6 +124,9 @@ def write_generation_record(out: Path, request: GenerationRequest, model: Diffus
         "mel": json.loads(model.mel.to_json()),
         "normalize": model.normalize,
         "griffin_lim_iters": request.griffin_lim_iters,
+        "vocoder": request.vocoder,
+        "griffin_lim_momentum": request.griffin_lim_momentum,
+        "vocoder_path": request.vocoder_path,
         "training": model.training,
         "mlflow_run_id": model.mlflow_run_id,
     }

@@ -40,12 +40,19 @@ CACHE_VERSION = 1  # bump when the stored layout or the transform changes
 
 
 def mel_settings(data: DataConfig) -> MelSettings:
+    """The representation a data config asks for (a preset adds what is not a config key: hop, band, scale)."""
+    from core.config import PRESET_MEL
+
     return MelSettings(
         sample_rate=data.sample_rate,
         clip_seconds=data.clip_seconds,
         resolution=data.resolution,
         n_fft=data.n_fft,
         top_db=data.top_db,
+        mel_bins=data.mel_bins,
+        frames=data.frames,
+        level=data.level,
+        **PRESET_MEL.get(data.preset, {}),
     )
 
 
@@ -103,7 +110,7 @@ def _compute_chunk(names: list[str], sources: list, settings_json: str) -> tuple
     with _single_threaded():  # the transform's construction runs torch too
         transform = _transform(settings_json)
         settings = transform.settings
-        spectrograms = np.zeros((len(names), settings.resolution, settings.resolution), np.float32)
+        spectrograms = np.zeros((len(names), *settings.shape), np.float32)
         errors = [""] * len(names)
         for index, (name, source) in enumerate(zip(names, sources)):
             try:
@@ -149,14 +156,14 @@ def compute_spectrograms(
 
 def _as_table(clips: pd.DataFrame, spectrograms: np.ndarray, fingerprint: str) -> datasets.Dataset:
     """The cache's table: the clips' metadata and their spectrograms as one Arrow column, not copied row by row."""
-    resolution = spectrograms.shape[1]
+    shape = spectrograms.shape[1:]
     features = datasets.Features(
         {
             "filename": datasets.Value("string"),
             "fold": datasets.Value("int64"),
             "target": datasets.Value("int64"),
             "category": datasets.Value("string"),
-            "spectrogram": datasets.Array2D((resolution, resolution), "float32"),
+            "spectrogram": datasets.Array2D(tuple(shape), "float32"),
         }
     )
     schema = features.arrow_schema
@@ -169,11 +176,11 @@ def _as_table(clips: pd.DataFrame, spectrograms: np.ndarray, fingerprint: str) -
 
 
 def _array_2d(spectrograms: np.ndarray, arrow_type: pa.DataType) -> pa.ExtensionArray:
-    """(N, R, R) float32 as datasets' Array2D: lists (clips) of lists (rows) of float32 over the flat
+    """(N, bins, frames) float32 as datasets' Array2D: lists (clips) of lists (rows) of float32 over the flat
     array, without converting row by row; int32 offsets, so at most 2**31 values (callers split)."""
-    count, rows = spectrograms.shape[:2]
+    count, rows, columns = spectrograms.shape
     values = pa.array(spectrograms.reshape(-1))
-    row_lists = pa.ListArray.from_arrays(pa.array(np.arange(0, len(values) + 1, rows, dtype=np.int32)), values)
+    row_lists = pa.ListArray.from_arrays(pa.array(np.arange(0, len(values) + 1, columns, dtype=np.int32)), values)
     clip_lists = pa.ListArray.from_arrays(pa.array(np.arange(0, count * rows + 1, rows, dtype=np.int32)), row_lists)
     return pa.ExtensionArray.from_storage(arrow_type, clip_lists)
 

@@ -20,6 +20,7 @@ from core.config import DEFAULT_SOURCE
 from core.diffusion.samplers import SAMPLERS
 from core.errors import UserError, exit_on_user_error
 from core.files import write_text_atomic
+from core.vocoders import vocoder_choice
 from evaluation import table
 from evaluation.clips import read_manifest
 from evaluation.fad import CKPT_DIR_ENV, FAD_MODELS
@@ -98,7 +99,7 @@ ROW_PREFIX = {REAL: REAL_PREFIX, REPRESENTATION: REPRESENTATION_PREFIX, GENERATE
 
 def score_sets(evaluator: Evaluator, clips, record: dict | None, real_row: bool = True) -> dict[str, ScoredSet]:
     """The generated clips, and with `real_row` the real ceiling and (when `record` names the generator's mel
-    settings) the representation ceiling: real held-out clips through mel -> Griffin-Lim, scored alike."""
+    settings) the representation ceiling: real held-out clips through its mel settings and vocoder, scored alike."""
     scored = {}
     if real_row:
         scored[REAL] = evaluator.score(evaluator.split.held_out, desc="real")
@@ -108,9 +109,8 @@ def score_sets(evaluator: Evaluator, clips, record: dict | None, real_row: bool 
 
             mel = MelSettings(**record["mel"])
             trip = cached_round_trip(
-                evaluator.split.held_out, mel, int(record.get("griffin_lim_iters", 32)), evaluator.cache_dir, 0,
-                evaluator.show_progress,
-            )  # fmt: skip
+                evaluator.split.held_out, mel, record, evaluator.cache_dir, 0, evaluator.show_progress
+            )
             scored[REPRESENTATION] = evaluator.score(trip, desc="representation")
     scored[GENERATED] = evaluator.score(clips, desc="generated", generated=True)
     return scored
@@ -209,7 +209,10 @@ def read_generation_record(folder: str | Path) -> dict:
 
 
 def _protocol_options(options: EvalOptions, record: dict) -> EvalOptions:
-    """The generator's training clips from its generation record, unless given."""
+    """The generator's training clips from its generation record, unless given; the level the generator writes
+    at (`peak=-1`): a fixed-level model's clips keep their loudness, so real clips keep theirs too."""
+    if options.peak < 0 and (record.get("mel") or {}).get("level") == "fixed":
+        options = dataclasses.replace(options, peak=0.0)
     if options.trained_on is None and isinstance(record.get("training"), dict):
         training = record["training"]
         return dataclasses.replace(
@@ -355,8 +358,8 @@ def model_record(model_dir: Path, generation: dict) -> dict:
     from core.diffusion.model import MODEL_MANIFEST
 
     manifest = json.loads((model_dir / MODEL_MANIFEST).read_text())
-    iterations = generation.get("griffin_lim_iters") or (manifest.get("sampling") or {}).get("griffin_lim_iters", 32)
-    return {"mel": manifest.get("mel"), "griffin_lim_iters": iterations, "training": manifest.get("training")}
+    sampling = {**(manifest.get("sampling") or {}), **{k: v for k, v in generation.items() if v is not None}}
+    return {"mel": manifest.get("mel"), "training": manifest.get("training"), **sampling}
 
 
 def _target_run(request: EvaluationRequest, model_dir: Path | None) -> str:
@@ -407,6 +410,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     clips.add_argument("--steps", type=int, help="with --model: denoising steps (default: the model's sample.steps)")
     clips.add_argument("--scheduler", choices=list(SAMPLERS), help="with --model: sampler (default: the model's)")
     clips.add_argument("--guidance-scale", type=float, help="with --model: classifier-free guidance (the model's)")
+    clips.add_argument("--vocoder", help="with --model: griffin_lim, hifigan or a HiFi-GAN checkpoint (the model's)")
     clips.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reference", default=DEFAULT_SOURCE, help="ESC-50 folder or hub id (default esc50-mini)")
     parser.add_argument("--reference-folds", default="", help="comma-separated folds forming the reference (all)")
@@ -426,7 +430,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     protocol.add_argument("--bootstrap", type=int, default=1000, help="draws for the 95%% intervals (0 = none)")
     protocol.add_argument("--peak", type=float, default=EvalOptions.peak,
-                          help="every clip peak-normalized to this before embedding (0 = as decoded)")  # fmt: skip
+                          help="every clip peak-normalized to this before embedding (0 = as decoded; default: "
+                               "0.9 for data.level=peak models, as decoded for data.level=fixed ones)")  # fmt: skip
     weights = parser.add_argument_group("models")
     weights.add_argument("--fad-model", default="vggish", choices=list(FAD_MODELS))
     weights.add_argument("--fad-sample-rate", type=int, default=0, help="0 = the FAD model's default")
@@ -468,7 +473,7 @@ def main(argv: list[str] | None = None) -> EvaluationOutcome:
         json=args.json, real_row=not args.no_real_row, cache_dir=args.cache_dir, mlflow=not args.no_mlflow,
         tracking_uri=args.tracking_uri, experiment=args.experiment, run_id=args.run_id, new_run=args.new_run,
         generation={"per_class": args.per_class, "steps": args.steps, "scheduler": args.scheduler, "seed": args.seed,
-                    "guidance_scale": args.guidance_scale},
+                    "guidance_scale": args.guidance_scale, **vocoder_choice(args.vocoder)},
         options=options,
     )  # fmt: skip
     return evaluate(request, show_progress=not args.no_progress)

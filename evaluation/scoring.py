@@ -55,13 +55,17 @@ class EvalOptions:
     trained_on: list[str] | None = None
     training_source: str = ""  # where those clips are (the memorization check embeds them)
     allow_training_overlap: bool = False
-    peak: float = PEAK_LEVEL  # every clip, real or generated, peak-normalized to this before embedding; 0 = off
+    # Every clip, real or generated, peak-normalized to this before embedding; 0 = off; -1 = as the generator
+    # writes its clips (0.9 for data.level=peak models, level kept for data.level=fixed ones).
+    peak: float = -1.0
     bootstrap: int = 1000  # bootstrap draws for the 95% intervals; 0 = no intervals
     interval_seed: int = 0
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.peak <= 1.0:
-            raise UserError(f"evaluation option peak={self.peak} (--peak): give a peak amplitude in [0, 1], 0 = off")
+        if not (0.0 <= self.peak <= 1.0 or self.peak == -1.0):
+            raise UserError(
+                f"evaluation option peak={self.peak} (--peak): give a peak amplitude in [0, 1], 0 = off, -1 = automatic"
+            )
         if self.bootstrap < 0:
             raise UserError(f"evaluation option bootstrap={self.bootstrap} (--bootstrap): must be >= 0")
 
@@ -121,7 +125,7 @@ class Evaluator:
         self.show_progress = show_progress
         self.fad_model = self.fad_reference = self.clap = self.scorer = None
         self.skipped: dict[str, str] = {}  # metric group -> why (optional_metrics)
-        self.preprocessing = Preprocessing(sample_rate, self.options.peak)
+        self.preprocessing = Preprocessing(sample_rate, PEAK_LEVEL if self.options.peak < 0 else self.options.peak)
         self.left_out = 0  # generated clips of classes the protocol cannot evaluate
         self._neighbours: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # metric -> (held-out, training) per clip
 

@@ -158,7 +158,8 @@ def test_a_generator_that_copies_its_training_clips_is_flagged_and_does_not_beat
     # ... and one whose copies pass through its own representation (what the study's models would emit at best).
     inverted = tmp_path / "inverted"
     inverted.mkdir()
-    write_generated(inverted, round_trip_clips(table, TINY_MEL, 16, inverted, show_progress=False), record, TINY_MEL)
+    returned = round_trip_clips(table, TINY_MEL, {"griffin_lim_iters": 16}, inverted, show_progress=False)
+    write_generated(inverted, returned, record, TINY_MEL)
 
     options = {"cache_dir": shared_cache(tmp_path_factory), "show_progress": False, "bootstrap": 200}
     copies = score_generated(exact, str(esc50_mini), ["esc"], real_row=True, **options)

@@ -15,9 +15,9 @@ def _attention_modules(model: torch.nn.Module) -> int:
 
 def test_attention_flag_adds_or_removes_every_attention_block() -> None:
     config = ModelConfig(block_channels=[16, 32, 32], layers_per_block=1, norm_groups=8, attention_levels=2)
-    with_attention = build_unet(config, resolution=32)
+    with_attention = build_unet(config, 32)
     config.attention = False
-    without = build_unet(config, resolution=32)
+    without = build_unet(config, 32)
     assert _attention_modules(with_attention) > 0
     assert _attention_modules(without) == 0
     assert without.mid_block.attentions[0] is None  # the mid-block's attention goes too
@@ -26,7 +26,7 @@ def test_attention_flag_adds_or_removes_every_attention_block() -> None:
 
 def test_class_labels_change_the_prediction() -> None:
     torch.manual_seed(0)
-    model = build_unet(ModelConfig(block_channels=[16, 32], layers_per_block=1, norm_groups=8), resolution=16).eval()
+    model = build_unet(ModelConfig(block_channels=[16, 32], layers_per_block=1, norm_groups=8), 16).eval()
     images, timesteps = torch.randn(2, 1, 16, 16), torch.tensor([10, 10])
     with torch.no_grad():
         dog = model(images, timesteps, class_labels=torch.tensor([0, 0])).sample
@@ -39,4 +39,4 @@ def test_class_labels_change_the_prediction() -> None:
 
 def test_class_dropout_adds_the_null_class() -> None:
     config = ModelConfig(block_channels=[16, 32], layers_per_block=1, norm_groups=8, class_dropout=0.1)
-    assert build_unet(config, resolution=16).config.num_class_embeds == 51
+    assert build_unet(config, 16).config.num_class_embeds == 51

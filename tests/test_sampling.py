@@ -18,7 +18,7 @@ from core.rng import seeded
 
 def tiny_model(normalize: bool, sample_clip: str = "data_range") -> DiffusionModel:
     torch.manual_seed(0)
-    unet = build_unet(ModelConfig(block_channels=[8, 16], layers_per_block=1, norm_groups=8), resolution=16).eval()
+    unet = build_unet(ModelConfig(block_channels=[8, 16], layers_per_block=1, norm_groups=8), 16).eval()
     schedule = dict(DDPMScheduler(num_train_timesteps=1000).config)
     return DiffusionModel(unet, schedule, MelSettings(resolution=16), normalize, sample_clip=sample_clip)
 

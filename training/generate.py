@@ -14,6 +14,7 @@ import argparse
 from core.diffusion.samplers import SAMPLE_CLIPS, SAMPLERS
 from core.errors import exit_on_user_error
 from core.generation import GenerationRequest, generate, parse_classes
+from core.vocoders import VOCODERS, vocoder_choice
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,6 +32,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--griffin-lim-iters", type=int, help="default: the model's sample.griffin_lim_iters")
+    parser.add_argument("--griffin-lim-momentum", type=float,
+                        help="fast Griffin-Lim's momentum, 0 = plain (default: the model's)")  # fmt: skip
+    parser.add_argument(
+        "--vocoder",
+        help=f"{' or '.join(VOCODERS)}, or a HiFi-GAN checkpoint folder / cached hub id for hifigan "
+        "(default: the model's sample.vocoder)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--clip", default="", choices=list(SAMPLE_CLIPS),
                         help="x0 clipping at each step (default: the model's own sample.clip)")  # fmt: skip
@@ -45,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         model=args.model, out=args.out, per_class=args.per_class, classes=parse_classes(args.classes),
         scheduler=args.scheduler, steps=args.steps, guidance_scale=args.guidance_scale, batch_size=args.batch_size,
         griffin_lim_iters=args.griffin_lim_iters, seed=args.seed, device=args.device, clip=args.clip,
+        griffin_lim_momentum=args.griffin_lim_momentum, **vocoder_choice(args.vocoder),
     )  # fmt: skip
     manifest = generate(request)
     print(f"clips and manifest: {manifest}")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from core.audio import MelTransform, write_wav_atomic
+from core.audio import write_wav_atomic
 from core.config import SampleConfig
 from core.diffusion.model import DiffusionModel
 from core.diffusion.samplers import sample_spectrograms
 from core.plots import spectrogram_grid
+from core.vocoders import build_vocoder
 
 
 def write_class_samples(
@@ -19,7 +20,11 @@ def write_class_samples(
     spectrograms = sample_spectrograms(
         model, classes, sample.scheduler, sample.steps, sample.guidance_scale, sample.batch_size, seed
     )
-    clips = MelTransform(model.mel).audio(spectrograms, iterations=sample.griffin_lim_iters, seed=seed)
+    vocoder = build_vocoder(
+        sample.vocoder, model.mel, iterations=sample.griffin_lim_iters, momentum=sample.griffin_lim_momentum,
+        path=sample.vocoder_path, device=str(model.unet.device),
+    )  # fmt: skip
+    clips = vocoder(spectrograms, seed=seed)
     names = [model.categories[c] for c in classes]
     for name, clip in zip(names, clips):
         write_wav_atomic(folder / f"{name}.wav", clip, model.mel.sample_rate)

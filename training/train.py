@@ -88,8 +88,9 @@ def recipe_record(config: Config) -> dict:
 def sampling_defaults(config: Config) -> dict:
     """How the model's clips are made unless generation is told otherwise (audio.json `sampling`)."""
     sample = config.sample
-    return {"scheduler": sample.scheduler, "steps": sample.steps, "guidance_scale": sample.guidance_scale,
-            "griffin_lim_iters": sample.griffin_lim_iters}  # fmt: skip
+    keys = ("scheduler", "steps", "guidance_scale", "vocoder", "griffin_lim_iters", "griffin_lim_momentum",
+            "vocoder_path")  # fmt: skip
+    return {key: getattr(sample, key) for key in keys}
 
 
 def make_accelerator(config: Config) -> Accelerator:
@@ -176,7 +177,7 @@ def train_in_folder(
     world = accelerator.num_processes
 
     # Model, EMA, optimizer, schedules.
-    unet = build_unet(config.model, config.data.resolution)
+    unet = build_unet(config.model, mel_settings(config.data).shape)
     ema = EMAModel(
         unet.parameters(), decay=config.train.ema_decay, use_ema_warmup=True, power=config.train.ema_power,
         model_cls=UNet2DModel, model_config=unet.config,

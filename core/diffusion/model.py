@@ -31,7 +31,8 @@ from core.esc50 import ESC50_CATEGORIES
 
 MODEL_MANIFEST = "audio.json"
 # How models saved before audio.json recorded them were sampled by default (generate's defaults then).
-LEGACY_SAMPLING = {"scheduler": "ddim", "steps": 50, "guidance_scale": 1.0, "griffin_lim_iters": 32}
+LEGACY_SAMPLING = {"scheduler": "ddim", "steps": 50, "guidance_scale": 1.0, "griffin_lim_iters": 32,
+                   "vocoder": "griffin_lim", "griffin_lim_momentum": 0.99, "vocoder_path": ""}  # fmt: skip
 
 
 @dataclass
@@ -128,7 +129,7 @@ class DiffusionModel:
 
     def check(self, folder: str | os.PathLike) -> None:
         """The parts agree: what the UNet takes is what the mel settings make, the recipe is the schedule's."""
-        expected = (self.mel.resolution, self.mel.resolution)
+        expected = self.mel.shape
         if self.sample_shape != expected:
             raise UserError(
                 f"model {folder}: the UNet takes {self.sample_shape[0]}x{self.sample_shape[1]} spectrograms but "

@@ -9,8 +9,8 @@ from core.diffusion.guidance import num_class_embeddings
 from core.esc50 import NUM_CLASSES
 
 
-def build_unet(model: ModelConfig, resolution: int, num_classes: int = NUM_CLASSES) -> UNet2DModel:
-    """A one-channel UNet over (resolution x resolution) spectrograms.
+def build_unet(model: ModelConfig, shape: int | tuple[int, int], num_classes: int = NUM_CLASSES) -> UNet2DModel:
+    """A one-channel UNet over spectrograms of `shape` (mel bins, frames); an int N means N x N.
 
     Attention sits at the `attention_levels` lowest resolutions and in the mid-block, as in the
     diffusers unconditional example; `attention=False` removes all of it (the study's ablation).
@@ -20,7 +20,8 @@ def build_unet(model: ModelConfig, resolution: int, num_classes: int = NUM_CLASS
     down_blocks = tuple("AttnDownBlock2D" if attn else "DownBlock2D" for attn in with_attention)
     up_blocks = tuple("AttnUpBlock2D" if attn else "UpBlock2D" for attn in reversed(with_attention))
     return UNet2DModel(
-        sample_size=resolution,
+        # An int for square spectrograms, as every model before non-square ones saved it.
+        sample_size=shape if isinstance(shape, int) or shape[0] != shape[1] else shape[0],
         in_channels=1,
         out_channels=1,
         layers_per_block=model.layers_per_block,
