@@ -210,3 +210,35 @@ def test_a_hifigan_checkpoint_of_other_mel_settings_or_none_at_all_is_refused_in
         load_config(TINY_CONFIG, [*preset, f"sample.vocoder_path={tmp_path / 'eighty'}"])
     good = load_config(TINY_CONFIG, [*preset, f"sample.vocoder_path={small_hifigan(tmp_path / 'good')}"])
     assert good.sample.vocoder == "hifigan"
+
+
+def test_the_round_trip_distances_ignore_level_and_grow_with_damage():
+    from evaluation.roundtrip import spectral_distances
+
+    rng = np.random.default_rng(0)
+    clips = rng.normal(0, 0.1, (2, 22050)).astype(np.float32)
+    convergence, log_spectral = spectral_distances(clips, clips * 0.5)  # a level change only
+    assert np.allclose(convergence, 0, atol=1e-5) and np.allclose(log_spectral, 0, atol=1e-3)
+    damaged = clips + rng.normal(0, 0.1, clips.shape).astype(np.float32)
+    convergence, log_spectral = spectral_distances(clips, damaged)
+    assert (convergence > 0.3).all() and (log_spectral > 1).all()
+
+
+def test_evaluation_keeps_levels_for_a_fixed_level_generator_and_peak_normalizes_otherwise():
+    from evaluation.evaluate import _protocol_options
+    from evaluation.scoring import EvalOptions
+
+    fixed = {"mel": json.loads(MelSettings(resolution=32, level="fixed").to_json())}
+    assert _protocol_options(EvalOptions(), fixed).peak == 0.0
+    assert _protocol_options(EvalOptions(), {"mel": json.loads(MelSettings().to_json())}).peak == -1.0  # 0.9
+    assert _protocol_options(EvalOptions(peak=0.5), fixed).peak == 0.5  # asked for: kept
+
+
+def test_the_round_trip_command_has_help():
+    import subprocess
+    import sys
+
+    completed = subprocess.run(
+        [sys.executable, "-m", "evaluation.roundtrip", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert completed.returncode == 0 and "spectral convergence" in " ".join(completed.stdout.split())
