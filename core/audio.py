@@ -28,7 +28,9 @@ class BadAudioError(UserError):
     """A clip that cannot be used; the message names the file and the reason."""
 
 
-def decode_audio(source: str | os.PathLike | bytes, sample_rate: int, seconds: float, name: str = "") -> np.ndarray:
+def decode_audio(
+    source: str | os.PathLike | bytes, sample_rate: int, seconds: float, name: str = "", info: dict | None = None
+) -> np.ndarray:
     """Read a clip as mono float32 at `sample_rate`, padded with silence or trimmed to `seconds`.
 
     Fixed here: other sample rates (resampled with soxr), several channels (averaged), other
@@ -43,6 +45,8 @@ def decode_audio(source: str | os.PathLike | bytes, sample_rate: int, seconds: f
     from_integers = decoded is not None or samples.dtype == np.int16  # finite by construction: 0.1 ms saved
     if not from_integers and not np.isfinite(samples).all():
         raise BadAudioError(f"audio file {name} contains NaN or infinite samples")
+    if info is not None:  # what was fixed, for the scan's summary
+        info.update(rate=native_rate, channels=samples.shape[1], seconds=samples.shape[0] / native_rate)
     mono = samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1, dtype=np.float32)  # ESC-50 is mono
     if not mono.any():
         raise BadAudioError(f"audio file {name} is pure silence")

@@ -7,9 +7,11 @@ with ESC-50's columns (e.g. `ashraq/esc50`). Both become the same table: one row
 
 from __future__ import annotations
 
-import os
+import difflib
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from core.errors import UserError
@@ -37,29 +39,87 @@ def is_esc50_folder(source: str) -> bool:
     return (Path(source).expanduser() / "meta" / "esc50.csv").is_file()
 
 
-def read_clips(source: str, folds: list[int] | tuple[int, ...] = (), hub_split: str = "train") -> pd.DataFrame:
+SKIPPED_ATTR = "skipped"  # table.attrs[...]: the problems whose rows data.skip_bad left out
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a collection: where (CSV line, 1 = the header; 0 = not a row) and what."""
+
+    line: int
+    file: str
+    message: str
+    unreadable: bool = False  # found decoding the clip, not reading the metadata
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}" if self.line else self.message
+
+
+class DataProblems(UserError):
+    """Every problem a scan found, in one message (the first ones inline; all of them in `problems`)."""
+
+    def __init__(self, where: str, problems: list[Problem], listing: str = ""):
+        self.where, self.problems = where, problems
+        kind = "bad audio file(s)" if all(p.unreadable for p in problems) else "problem(s)"
+        shown = "; ".join(str(p) for p in problems[:8]) + (
+            f"; and {len(problems) - 8} more" if len(problems) > 8 else ""
+        )
+        full = f" (all of them in {listing})" if listing else ""
+        super().__init__(
+            f"{len(problems)} {kind} in {where}{full}: {shown}. Fix them, or set data.skip_bad=true to leave those "
+            "rows out"
+        )
+
+
+def read_clips(
+    source: str, folds: list[int] | tuple[int, ...] = (), hub_split: str = "train", skip_bad: bool = False
+) -> pd.DataFrame:
     """The clips of `source` (every fold when `folds` is empty), validated, sorted by filename.
 
     `source` is an ESC-50 folder, a hub dataset id, or a local folder holding a hub-format
     dataset (parquet files with ESC-50's columns and an `audio` column), which `datasets` reads.
+    Every problem of the metadata is found in one scan (`scan_table`): they stop the read with one
+    `DataProblems` naming all of them, or with `skip_bad` their rows are left out (listed in
+    `table.attrs["skipped"]`).
     """
-    path = Path(source).expanduser()
-    if is_esc50_folder(source):
-        table = _read_folder(source)
-    elif path.is_dir():
-        table = _read_hub(str(path), hub_split)
-    elif is_local_source(source):
-        raise UserError(f"data source {source} not found (expected ESC-50's layout: audio/ + meta/esc50.csv)")
-    else:
-        table = _read_hub(source, hub_split)
+    table, problems, where = scan_source(source, hub_split)
+    table = _settle(table, problems, where, skip_bad)
     if folds:
         table = table[table["fold"].isin(list(folds))]
         if table.empty:
             raise UserError(f"no clips of {source} are in folds {list(folds)} (data.folds)")
-    return table.sort_values("filename").reset_index(drop=True)
+    skipped = table.attrs.get(SKIPPED_ATTR, [])
+    table = table.sort_values("filename").reset_index(drop=True)
+    table.attrs[SKIPPED_ATTR] = skipped
+    return table
 
 
-def _read_folder(source: str) -> pd.DataFrame:
+def scan_source(source: str, hub_split: str = "train") -> tuple[pd.DataFrame, list[Problem], str]:
+    """Every row of `source` (with its CSV `line`), every problem of its metadata, and what to call it."""
+    path = Path(source).expanduser()
+    if is_esc50_folder(source):
+        return _read_folder(source)
+    if path.is_dir():
+        return _read_hub(str(path), hub_split)
+    if is_local_source(source):
+        raise UserError(f"data source {source} not found (expected ESC-50's layout: audio/ + meta/esc50.csv)")
+    return _read_hub(source, hub_split)
+
+
+def _settle(table: pd.DataFrame, problems: list[Problem], where: str, skip_bad: bool) -> pd.DataFrame:
+    """Raise every problem at once, or leave their rows out (`skip_bad`)."""
+    # Rows can be left out; a problem of no row (a gap in the targets: which rows are wrong is unknowable) cannot.
+    if problems and (not skip_bad or any(not p.line for p in problems)):
+        raise DataProblems(where, problems)
+    bad_lines = {p.line for p in problems if p.line}
+    kept = table[~table["line"].isin(bad_lines)].copy()
+    if kept.empty:
+        raise DataProblems(where, problems or [Problem(0, "", "no usable clips")])
+    kept.attrs[SKIPPED_ATTR] = problems
+    return kept
+
+
+def _read_folder(source: str) -> tuple[pd.DataFrame, list[Problem], str]:
     root = Path(source).expanduser()
     csv_path = root / "meta" / "esc50.csv"
     if not root.is_dir():
@@ -70,26 +130,31 @@ def _read_folder(source: str) -> pd.DataFrame:
         table = pd.read_csv(csv_path)
     except Exception as error:
         raise UserError(f"cannot read metadata file {csv_path}: {' '.join(str(error).split())}") from None
-    table = _validate_table(table, str(csv_path))
+    table, problems = scan_table(table, str(csv_path))
     audio_dir = root / "audio"
-    table["path"] = [str(audio_dir / name) for name in table["filename"]]
-    missing = [name for name, path in zip(table["filename"], table["path"]) if not os.path.isfile(path)]
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise UserError(f"{len(missing)} file(s) listed in {csv_path} are missing from {audio_dir}: {shown}")
-    return table
+    table["path"] = [str(audio_dir / str(name)) for name in table["filename"]]
+    present = {p.name for p in audio_dir.iterdir()} if audio_dir.is_dir() else set()
+    absent = [(line, str(name)) for line, name in zip(table["line"], table["filename"]) if str(name) not in present]
+    unlisted = sorted(
+        set(n for n in present if Path(n).suffix.lower() in AUDIO_SUFFIXES) - set(map(str, table["filename"]))
+    )
+    for line, name in absent:
+        near = difflib.get_close_matches(name, unlisted, n=1, cutoff=0.8)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        problems.append(Problem(line, name, f"{name} is listed but missing from {audio_dir}{hint}"))
+    return table, sorted(problems, key=lambda p: p.line), str(csv_path)
 
 
 def unlisted_audio_files(source: str) -> list[str]:
     """Audio files present in the folder but absent from the CSV: ignored, but worth a warning."""
     root = Path(source).expanduser()
-    listed = set(pd.read_csv(root / "meta" / "esc50.csv")["filename"])
+    listed = set(pd.read_csv(root / "meta" / "esc50.csv")["filename"].astype(str))
     return sorted(
         p.name for p in (root / "audio").iterdir() if p.suffix.lower() in AUDIO_SUFFIXES and p.name not in listed
     )
 
 
-def _read_hub(source: str, split: str) -> pd.DataFrame:
+def _read_hub(source: str, split: str) -> tuple[pd.DataFrame, list[Problem], str]:
     import datasets
 
     try:
@@ -109,35 +174,94 @@ def _read_hub(source: str, split: str) -> pd.DataFrame:
         raise UserError(f"hub dataset '{source}' has no 'audio' column (columns: {dataset.column_names})")
     # datasets 5.x decodes Audio columns with torchcodec; we read the raw bytes and decode with soundfile.
     dataset = dataset.cast_column("audio", datasets.Audio(decode=False))
-    table = _validate_table(dataset.remove_columns("audio").to_pandas(), f"hub dataset '{source}'")
+    where = f"hub dataset '{source}'"
+    table, problems = scan_table(dataset.remove_columns("audio").to_pandas(), where)
     table["audio_bytes"] = [item["bytes"] for item in dataset["audio"]]
-    return table
+    return table, problems, where
 
 
-def _validate_table(table: pd.DataFrame, where: str) -> pd.DataFrame:
+def is_esc50_classes(targets: pd.Series, categories: pd.Series) -> bool:
+    """ESC-50 itself (its names at its targets, for at least half the rows, so a typo is an error, not a new
+    class set), as opposed to a collection with its own classes in ESC-50's layout."""
+    agree = [0 <= t < NUM_CLASSES and ESC50_CATEGORIES[t] == c for t, c in zip(targets, categories)]
+    return sum(agree) * 2 >= len(agree)
+
+
+def scan_table(table: pd.DataFrame, where: str) -> tuple[pd.DataFrame, list[Problem]]:
+    """Every row-level problem of a metadata table at once; the table gets a `line` column (its CSV line).
+
+    A missing column or an empty table stops at once (nothing else can be checked). For ESC-50 itself
+    (`is_esc50_classes`) a target must carry ESC-50's name; another class set must have targets 0..K-1,
+    each with one name and each name with one target.
+    """
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
         raise UserError(f"{where} lacks required column(s) {', '.join(missing)} (needs {', '.join(REQUIRED_COLUMNS)})")
     if table.empty:
         raise UserError(f"{where} lists no clips")
+    table = table.copy()
+    table["line"] = np.arange(2, len(table) + 2)
+    problems: list[Problem] = []
     for column in ("fold", "target"):
         numeric = pd.to_numeric(table[column], errors="coerce")
-        bad = table.loc[numeric.isna() | (numeric != numeric.round()), "filename"].tolist()
-        if bad:
-            raise UserError(f"{where}: column '{column}' is not an integer for {bad[0]}")
-        table[column] = numeric.astype(int)
-    out_of_range = table[(table["target"] < 0) | (table["target"] >= NUM_CLASSES)]
-    if not out_of_range.empty:
-        row = out_of_range.iloc[0]
-        raise UserError(f"{where}: class target {row['target']} of {row['filename']} is outside 0..{NUM_CLASSES - 1}")
-    mismatched = table[[ESC50_CATEGORIES[t] != c for t, c in zip(table["target"], table["category"])]]
-    if not mismatched.empty:
-        row = mismatched.iloc[0]
-        raise UserError(
-            f"{where}: unknown class '{row['category']}' for target {row['target']} of {row['filename']}"
-            f" (ESC-50 calls target {row['target']} '{ESC50_CATEGORIES[row['target']]}')"
-        )
-    duplicated = table[table["filename"].duplicated()]["filename"].tolist()
-    if duplicated:
-        raise UserError(f"{where}: {duplicated[0]} is listed more than once")
-    return table
+        bad = numeric.isna() | (numeric != numeric.round())
+        for line, name, value in zip(table["line"][bad], table["filename"][bad], table[column][bad]):
+            problems.append(Problem(line, str(name), f"column '{column}' is not an integer for {name} ({value!r})"))
+        table[column] = numeric.where(~bad, -1).astype(int)
+    table["filename"] = table["filename"].astype(str)
+    table["category"] = table["category"].astype(str)
+    for filename, group in table[table["filename"].duplicated(keep=False)].groupby("filename"):
+        for line in group["line"].iloc[1:]:
+            problems.append(
+                Problem(line, filename, f"{filename} is listed more than once (first on line {group['line'].iloc[0]})")
+            )
+    valid = table[table["target"] >= 0]
+    if is_esc50_classes(valid["target"], valid["category"]):
+        problems += _esc50_problems(valid)
+    else:
+        problems += _class_set_problems(valid)
+    return table, problems
+
+
+def _esc50_problems(table: pd.DataFrame) -> list[Problem]:
+    problems = []
+    for line, name, target, category in zip(table["line"], table["filename"], table["target"], table["category"]):
+        if not 0 <= target < NUM_CLASSES:
+            problems.append(Problem(line, name, f"class target {target} of {name} is outside 0..{NUM_CLASSES - 1}"))
+        elif ESC50_CATEGORIES[target] != category:
+            problems.append(
+                Problem(
+                    line,
+                    name,
+                    f"unknown class '{category}' for target {target} of {name} (ESC-50 calls "
+                    f"target {target} '{ESC50_CATEGORIES[target]}')",
+                )  # fmt: skip
+            )
+    return problems
+
+
+def _class_set_problems(table: pd.DataFrame) -> list[Problem]:
+    """A collection's own classes: each target one name, each name one target, targets 0..K-1."""
+    problems = []
+    for key, other, what in (("target", "category", "target"), ("category", "target", "class")):
+        for value, group in table.groupby(key):
+            counts = group[other].value_counts()
+            if len(counts) > 1:
+                usual = counts.index[0]
+                for line, name, found in zip(group["line"], group["filename"], group[other]):
+                    if found != usual:
+                        problems.append(Problem(line, name, f"{what} {value!r} of {name} is {found!r} here but "
+                                                            f"{usual!r} on {counts.iloc[0]} other row(s)"))  # fmt: skip
+    targets = set(table["target"])
+    gaps = sorted(set(range(max(targets) + 1)) - targets) if targets else []
+    if gaps:
+        problems.append(Problem(0, "", f"class targets must be 0..{max(targets)} without gaps: none is {gaps[:10]}"))
+    return problems
+
+
+def class_names(table: pd.DataFrame) -> list[str]:
+    """The class set of a (scanned) clip table, by target: ESC-50's 50 names, or the collection's own."""
+    if is_esc50_classes(table["target"], table["category"]):
+        return list(ESC50_CATEGORIES)
+    names = table.drop_duplicates("target").set_index("target")["category"]
+    return [str(names[t]) for t in range(int(table["target"].max()) + 1)]

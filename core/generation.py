@@ -22,7 +22,6 @@ from tqdm.auto import tqdm
 from core.audio import write_wav_atomic
 from core.diffusion.samplers import SAMPLE_CLIPS, SAMPLERS, sample_spectrograms
 from core.errors import UserError
-from core.esc50 import ESC50_CATEGORIES
 from core.files import write_text_atomic
 from core.vocoders import build_vocoder
 
@@ -38,7 +37,7 @@ class GenerationRequest:
     model: str
     out: str
     per_class: int = 40
-    classes: list[int] | None = None  # None = all 50
+    classes: list[int | str] | None = None  # ids or names of the model's classes; None = all of them
     # None: the model's own sampling defaults (audio.json `sampling`, its config's sample.*).
     scheduler: str | None = None
     steps: int | None = None
@@ -61,15 +60,12 @@ def generate(request: GenerationRequest, show_progress: bool = True) -> Path:
         raise UserError(f"--scheduler must be one of {', '.join(SAMPLERS)}, not {request.scheduler}")
     if request.clip not in ("",) + SAMPLE_CLIPS:
         raise UserError(f"--clip must be one of {', '.join(SAMPLE_CLIPS)}, not {request.clip}")
-    classes = list(range(len(ESC50_CATEGORIES))) if request.classes is None else request.classes
-    bad = [c for c in classes if not 0 <= c < len(ESC50_CATEGORIES)]
-    if bad:
-        raise UserError(f"--classes: {bad[0]} is not an ESC-50 class (0..{len(ESC50_CATEGORIES) - 1})")
     from core.diffusion.model import DiffusionModel, resolve_model_folder
 
     device = request.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = DiffusionModel.load(resolve_model_folder(request.model), device=device)
     request = with_model_defaults(request, model)
+    classes = resolve_classes(request.classes, model.categories)
     if request.steps < 1 or request.griffin_lim_iters < 1:
         raise UserError("--steps and --griffin-lim-iters must be >= 1")
     out = Path(request.out)
@@ -128,6 +124,7 @@ def write_generation_record(out: Path, request: GenerationRequest, model: Diffus
         "griffin_lim_momentum": request.griffin_lim_momentum,
         "vocoder_path": request.vocoder_path,
         "training": model.training,
+        "categories": model.categories,
         "mlflow_run_id": model.mlflow_run_id,
     }
     return write_text_atomic(out / GENERATION_RECORD, json.dumps(record, indent=2))
@@ -141,16 +138,27 @@ def write_manifest(out: Path, rows: list[dict]) -> Path:
     return write_text_atomic(out / "manifest.csv", text.getvalue())
 
 
-def parse_classes(text: str | None) -> list[int] | None:
+def parse_classes(text: str | None) -> list[int | str] | None:
+    """`--classes 0,dog,rain`: ids and names, resolved against the model's own classes by `generate`."""
     if not text:
         return None
+    return [int(item) if item.strip().isdigit() else item.strip() for item in text.split(",") if item.strip()]
+
+
+def resolve_classes(requested: list[int | str] | None, categories: list[str]) -> list[int]:
+    """Class ids from ids or names of the model's class set (all of them for None), each once."""
+    if requested is None:
+        return list(range(len(categories)))
     classes = []
-    for item in text.split(","):
-        item = item.strip()
-        if item.isdigit():
-            classes.append(int(item))
-        elif item in ESC50_CATEGORIES:
-            classes.append(ESC50_CATEGORIES.index(item))
+    for item in requested:
+        if isinstance(item, int) and 0 <= item < len(categories):
+            classes.append(item)
+        elif isinstance(item, str) and item in categories:
+            classes.append(categories.index(item))
         else:
-            raise UserError(f"--classes: '{item}' is neither a class id nor an ESC-50 category")
+            shown = ", ".join(categories[:10]) + (", ..." if len(categories) > 10 else "")
+            raise UserError(
+                f"--classes: '{item}' is neither a class id 0..{len(categories) - 1} nor a class of this model "
+                f"({shown})"
+            )
     return list(dict.fromkeys(classes))  # '0,dog' names one class once

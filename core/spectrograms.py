@@ -32,7 +32,16 @@ from tqdm.auto import tqdm
 from core.audio import BadAudioError, MelSettings, MelTransform, decode_audio
 from core.config import DataConfig
 from core.errors import UserError
-from core.esc50 import is_local_source, read_clips, unlisted_audio_files
+from core.esc50 import (
+    DataProblems,
+    Problem,
+    class_names,
+    is_local_source,
+    read_clips,
+    scan_source,
+    unlisted_audio_files,
+)
+from core.files import write_text_atomic
 from core.splits import clip_set_digest, last_recordings
 
 log = logging.getLogger(__name__)
@@ -105,30 +114,33 @@ def _transform(settings_json: str) -> MelTransform:
     return MelTransform(MelSettings.from_json(settings_json))  # the filter bank once per worker, not per batch
 
 
-def _compute_chunk(names: list[str], sources: list, settings_json: str) -> tuple[np.ndarray, list[str]]:
-    """Decode and transform some clips: (spectrograms, error per clip); a failed clip gets zeros and its error."""
+def _compute_chunk(names: list[str], sources: list, settings_json: str) -> tuple[np.ndarray, list[str], list[dict]]:
+    """Decode and transform some clips: (spectrograms, error per clip, what decoding fixed per clip); a failed
+    clip gets zeros and its error."""
     with _single_threaded():  # the transform's construction runs torch too
         transform = _transform(settings_json)
         settings = transform.settings
         spectrograms = np.zeros((len(names), *settings.shape), np.float32)
         errors = [""] * len(names)
+        formats: list[dict] = [{} for _ in names]
         for index, (name, source) in enumerate(zip(names, sources)):
             try:
-                samples = decode_audio(source, settings.sample_rate, settings.clip_seconds, name=name)
+                samples = decode_audio(source, settings.sample_rate, settings.clip_seconds, name, formats[index])
                 spectrograms[index] = transform.spectrogram(samples)
             except BadAudioError as error:  # collected so one scan reports every bad file at once
                 errors[index] = str(error)
-    return spectrograms, errors
+    return spectrograms, errors, formats
 
 
-def _compute_packed_chunk(chunk: tuple[list[str], list, str]) -> tuple[np.ndarray, list[str]]:
+def _compute_packed_chunk(chunk: tuple[list[str], list, str]) -> tuple[np.ndarray, list[str], list[dict]]:
     return _compute_chunk(*chunk)
 
 
 def compute_spectrograms(
     clips: pd.DataFrame, settings: MelSettings, workers: int, show_progress: bool = True
-) -> tuple[np.ndarray, list[str]]:
-    """Every clip's spectrogram (N, R, R) and error string ("" when it decoded), `workers` processes at once.
+) -> tuple[np.ndarray, list[str], list[dict]]:
+    """Every clip's spectrogram (N, bins, frames), error string ("" when it decoded) and what decoding fixed
+    (native rate, channels, seconds), `workers` processes at once.
 
     A plain process pool over chunks of 32 clips, in order: `datasets.map(num_proc=...)` spent 0.5 s
     more per call on its queue manager process and its shutdown (BENCHMARKS.md).
@@ -137,7 +149,7 @@ def compute_spectrograms(
     sources = list(clips["path"] if "path" in clips.columns else clips["audio_bytes"])
     settings_json = settings.to_json()
     chunks = [(names[i : i + 32], sources[i : i + 32], settings_json) for i in range(0, len(names), 32)]
-    spectrograms, errors = [], []
+    spectrograms, errors, formats = [], [], []
     with contextlib.ExitStack() as stack:
         if workers > 1:
             context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
@@ -147,11 +159,30 @@ def compute_spectrograms(
         progress = stack.enter_context(
             tqdm(total=len(names), desc="log-mel spectrograms", unit="clip", disable=not show_progress)
         )
-        for chunk_spectrograms, chunk_errors in results:
+        for chunk_spectrograms, chunk_errors, chunk_formats in results:
             spectrograms.append(chunk_spectrograms)
             errors.extend(chunk_errors)
+            formats.extend(chunk_formats)
             progress.update(len(chunk_errors))
-    return np.concatenate(spectrograms), errors
+    return np.concatenate(spectrograms), errors, formats
+
+
+def format_summary(formats: list[dict], settings: MelSettings) -> str:
+    """What decoding fixed, counted: "31 clips resampled from 24 kHz, 12 stereo clips averaged, ..."."""
+    from collections import Counter
+
+    rates = Counter(f["rate"] for f in formats if f and f["rate"] != settings.sample_rate)
+    stereo = sum(1 for f in formats if f and f["channels"] > 1)
+    short = [f["seconds"] for f in formats if f and f["seconds"] < settings.clip_seconds - 1e-3]
+    long = [f["seconds"] for f in formats if f and f["seconds"] > settings.clip_seconds + 1e-3]
+    parts = [f"{n} clip(s) resampled from {rate / 1000:g} kHz" for rate, n in sorted(rates.items())]
+    if stereo:
+        parts.append(f"{stereo} multi-channel clip(s) averaged to mono")
+    if short:
+        parts.append(f"{len(short)} clip(s) padded with silence (shortest {min(short):.2f} s)")
+    if long:
+        parts.append(f"{len(long)} clip(s) trimmed (longest {max(long):.2f} s) to {settings.clip_seconds:g} s")
+    return ", ".join(parts)
 
 
 def _as_table(clips: pd.DataFrame, spectrograms: np.ndarray, fingerprint: str) -> datasets.Dataset:
@@ -185,10 +216,21 @@ def _array_2d(spectrograms: np.ndarray, arrow_type: pa.DataType) -> pa.Extension
     return pa.ExtensionArray.from_storage(arrow_type, clip_lists)
 
 
+SKIPPED_FILE = "skipped.json"  # in a cache folder: the rows data.skip_bad left out of it, and why
+
+
 def build_spectrogram_cache(data: DataConfig, show_progress: bool = True) -> datasets.Dataset:
-    """Every clip of `data.source` (all folds) as a cached table: filename, fold, target, category, spectrogram."""
+    """Every clip of `data.source` (all folds) as a cached table: filename, fold, target, category, spectrogram.
+
+    One scan finds every problem of the collection, the metadata's (`core.esc50.scan_table`, absent files)
+    and every unreadable clip's: together they stop the run (`DataProblems`, all of them named, the full list
+    also written beside the cache when long) and nothing is cached; with `data.skip_bad` their rows are left
+    out and listed in the cache's `skipped.json` (`skipped_rows`).
+    """
     datasets.disable_caching()  # our own key decides reuse; datasets' fingerprint cache would double the disk
-    clips = read_clips(data.source, hub_split=data.hub_split)
+    rows, problems, _ = scan_source(data.source, data.hub_split)
+    bad_lines = {p.line for p in problems}
+    clips = rows[~rows["line"].isin(bad_lines)].sort_values("filename").reset_index(drop=True)
     if "path" in clips.columns:  # an ESC-50 folder: audio it does not list is ignored, but say so
         unlisted = unlisted_audio_files(data.source)
         if unlisted:
@@ -199,26 +241,63 @@ def build_spectrogram_cache(data: DataConfig, show_progress: bool = True) -> dat
     key = cache_key(clips, data.source, settings)
     cache_dir = Path(data.cache_dir).expanduser() / key
     if (cache_dir / "dataset_info.json").is_file():
+        if problems and not _skippable(problems, data):  # the cache holds the good rows of a skip_bad run
+            raise DataProblems(data.source, problems, _listing(problems, data))
         return datasets.load_from_disk(str(cache_dir))
 
     workers = data.preprocess_workers or os.cpu_count() or 1
     workers = max(1, min(workers, len(clips) // 16))  # process start-up costs more than tiny sets gain
-    spectrograms, errors = compute_spectrograms(clips, settings, workers, show_progress)
-    errors = [e for e in errors if e]
-    if errors:
-        shown = "; ".join(errors[:5]) + (f"; and {len(errors) - 5} more" if len(errors) > 5 else "")
-        raise UserError(f"{len(errors)} bad audio file(s) in {data.source}: {shown}")
+    spectrograms, errors, formats = compute_spectrograms(clips, settings, workers, show_progress)
+    bad_audio = [Problem(int(line), name, error, unreadable=True)
+                 for line, name, error in zip(clips["line"], clips["filename"], errors) if error]  # fmt: skip
+    problems = sorted(problems + bad_audio, key=lambda p: p.line)
+    if problems and not _skippable(problems, data):
+        raise DataProblems(data.source, problems, _listing(problems, data))
+    summary = format_summary(formats, settings)
+    if summary:
+        log.warning("%s: %s", data.source, summary)
+    if bad_audio:  # still under the key of the rows read: the next run with skip_bad finds it
+        good = np.array([not error for error in errors])
+        clips, spectrograms = clips[good].reset_index(drop=True), spectrograms[good]
+    if problems:
+        log.warning("data.skip_bad: %d row(s) of %s left out: %s", len(problems), data.source,
+                    "; ".join(str(p) for p in problems[:5]))  # fmt: skip
     if not show_progress:
         datasets.disable_progress_bars()
-    _save_atomically(_as_table(clips, spectrograms, key), cache_dir)
+    _save_atomically(_as_table(clips, spectrograms, key), cache_dir, problems)
     return datasets.load_from_disk(str(cache_dir))
 
 
-def _save_atomically(table: datasets.Dataset, cache_dir: Path) -> None:
+def skipped_rows(table: datasets.Dataset) -> list[dict]:
+    """The rows `data.skip_bad` left out of a cached set (line, file, problem), from its cache folder; [] if none."""
+    files = table.cache_files
+    record = Path(files[0]["filename"]).parent / SKIPPED_FILE if files else None
+    return json.loads(record.read_text())["rows"] if record is not None and record.is_file() else []
+
+
+def _skippable(problems: list[Problem], data: DataConfig) -> bool:
+    """data.skip_bad leaves rows out; a problem of no row (a gap in the targets) cannot be skipped."""
+    return data.skip_bad and all(p.line for p in problems)
+
+
+def _listing(problems: list[Problem], data: DataConfig) -> str:
+    """Long lists also go to a file (the message shows the first ones): its path, or ''."""
+    if len(problems) <= 8:
+        return ""
+    folder = Path(data.cache_dir).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    text = "".join(f"{p}\n" for p in problems)
+    return str(write_text_atomic(folder / f"problems-{hashlib.sha256(text.encode()).hexdigest()[:12]}.txt", text))
+
+
+def _save_atomically(table: datasets.Dataset, cache_dir: Path, skipped: list[Problem] | None = None) -> None:
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.", dir=cache_dir.parent))
     try:
         table.save_to_disk(str(staging))
+        if skipped:
+            rows = [{"line": p.line, "file": p.file, "problem": p.message} for p in skipped]
+            (staging / SKIPPED_FILE).write_text(json.dumps({"rows": rows}, indent=2))
         try:
             os.replace(staging, cache_dir)
         except OSError:  # another process finished first: its copy is as good as ours
@@ -230,9 +309,14 @@ def _save_atomically(table: datasets.Dataset, cache_dir: Path) -> None:
 
 def training_clips(data: DataConfig) -> pd.DataFrame:
     """The clips a model with this data config trains on: `data.folds`, less `data.holdout_recordings`."""
-    clips = read_clips(data.source, folds=data.folds, hub_split=data.hub_split)
+    clips = read_clips(data.source, folds=data.folds, hub_split=data.hub_split, skip_bad=data.skip_bad)
     held = last_recordings(clips, data.holdout_recordings)
     return clips[~held].reset_index(drop=True)
+
+
+def data_classes(data: DataConfig) -> list[str]:
+    """The class set of `data.source` (every fold): ESC-50's 50 names, or the collection's own by target."""
+    return class_names(read_clips(data.source, hub_split=data.hub_split, skip_bad=data.skip_bad))
 
 
 def training_record(data: DataConfig, filenames: list[str]) -> dict:

@@ -97,10 +97,10 @@ def class_prompts(template: str = DEFAULT_TEMPLATE, categories: tuple[str, ...] 
 class ZeroShotClassifier:
     """Class scores (cosine similarities) of clips against the class prompts."""
 
-    def __init__(self, model: Any, template: str = DEFAULT_TEMPLATE, batch_size: int = 16):
+    def __init__(self, model: Any, template: str = DEFAULT_TEMPLATE, batch_size: int = 16, categories=ESC50_CATEGORIES):
         self.model = model
         self.batch_size = batch_size
-        self.prompts = class_prompts(template)
+        self.prompts = class_prompts(template, tuple(categories))  # one prompt per class of the reference's set
         self.text_embeddings = _unit_rows(model.get_text_embedding(self.prompts))
 
     def scores(

@@ -25,9 +25,22 @@ MANIFEST = "manifest.csv"
 CLIP_SECONDS = 5.0  # every clip is compared at ESC-50's length
 
 
+def generated_classes(folder: Path) -> list[str]:
+    """The generator's class set, from its generation.json; ESC-50's for clips made without one."""
+    import json
+
+    try:
+        categories = json.loads((folder / "generation.json").read_text()).get("categories")
+    except (OSError, ValueError, AttributeError):
+        categories = None
+    return list(categories) if isinstance(categories, list) and categories else list(ESC50_CATEGORIES)
+
+
 def read_manifest(generated_dir: str | os.PathLike) -> pd.DataFrame:
-    """The clips listed in `generated_dir/manifest.csv` (`file,target,category`, files relative to the folder)."""
+    """The clips listed in `generated_dir/manifest.csv` (`file,target,category`, files relative to the folder),
+    checked against the generator's class set (generation.json; ESC-50's when it names none)."""
     folder = Path(generated_dir)
+    categories = generated_classes(folder)
     manifest = folder / MANIFEST
     if not manifest.is_file():
         raise UserError(f"{manifest} not found: --generated needs a folder with manifest.csv (file,target,category)")
@@ -41,17 +54,19 @@ def read_manifest(generated_dir: str | os.PathLike) -> pd.DataFrame:
     if table.empty:
         raise UserError(f"{manifest} lists no clips")
     targets = pd.to_numeric(table["target"], errors="coerce")
-    bad = table[targets.isna() | (targets < 0) | (targets >= len(ESC50_CATEGORIES)) | (targets != targets.round())]
+    bad = table[targets.isna() | (targets < 0) | (targets >= len(categories)) | (targets != targets.round())]
     if not bad.empty:
         row = bad.iloc[0]
-        raise UserError(f"{manifest}: target '{row['target']}' of {row['file']} is not a class id 0..49")
+        raise UserError(
+            f"{manifest}: target '{row['target']}' of {row['file']} is not a class id 0..{len(categories) - 1}"
+        )
     table["target"] = targets.astype(int)
-    wrong = table[[ESC50_CATEGORIES[t] != c for t, c in zip(table["target"], table["category"])]]
+    wrong = table[[categories[t] != c for t, c in zip(table["target"], table["category"])]]
     if not wrong.empty:
         row = wrong.iloc[0]
         raise UserError(
             f"{manifest}: category '{row['category']}' of {row['file']} does not match target {row['target']}"
-            f" ('{ESC50_CATEGORIES[row['target']]}')"
+            f" ('{categories[row['target']]}')"
         )
     table["source"] = [str(folder / name) for name in table["file"]]
     absent = [name for name, path in zip(table["file"], table["source"]) if not os.path.isfile(path)]

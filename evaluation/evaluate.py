@@ -19,6 +19,7 @@ from pathlib import Path
 from core.config import DEFAULT_SOURCE
 from core.diffusion.samplers import SAMPLERS
 from core.errors import UserError, exit_on_user_error
+from core.esc50 import ESC50_CATEGORIES
 from core.files import write_text_atomic
 from core.vocoders import vocoder_choice
 from evaluation import table
@@ -171,6 +172,13 @@ def prepared_evaluator(
     options = _protocol_options(options, record)
     rate = generator_rate(record, sample_rate)
     evaluator = build_evaluator(reference, metrics, reference_folds, rate, cache_dir, show_progress, options)
+    generator = record.get("categories") or list(ESC50_CATEGORIES)  # clips made before it was recorded: ESC-50's
+    if list(generator) != evaluator.split.categories:
+        raise UserError(
+            f"the generator's {len(generator)} classes ({', '.join(generator[:3])}, ...) are not the "
+            f"{len(evaluator.split.categories)} classes of --reference {reference} "
+            f"({', '.join(evaluator.split.categories[:3])}, ...): score clips against the collection they model"
+        )
     return evaluator.prepare()
 
 
@@ -226,7 +234,7 @@ def build_evaluator(
 ) -> Evaluator:
     split = split_reference(
         reference, list(folds), options.hub_split, options.trained_on, options.allow_training_overlap,
-        options.training_source,
+        options.training_source, options.skip_bad,
     )  # fmt: skip
     check_interval_sizes(split, options.bootstrap)
     return Evaluator(split, metrics, options, cache_dir, sample_rate, show_progress)
@@ -346,7 +354,7 @@ def write_outputs(
     table.write_per_class(generated.per_class(), out)
     for group, scores in generated.class_scores.items():
         title = f"{'CLAP zero-shot' if group == 'clap' else 'offline ESC scorer'}: generated clips"
-        table.write_confusion(scores, generated.targets, out / f"confusion_{group}.png", title)
+        table.write_confusion(scores, generated.targets, out / f"confusion_{group}.png", title, generated.categories)
     write_text_atomic(out / "metrics.json", json.dumps(flat, indent=2, sort_keys=True))
     if json_path:
         write_text_atomic(json_path, json.dumps(flat, indent=2, sort_keys=True))
@@ -359,7 +367,8 @@ def model_record(model_dir: Path, generation: dict) -> dict:
 
     manifest = json.loads((model_dir / MODEL_MANIFEST).read_text())
     sampling = {**(manifest.get("sampling") or {}), **{k: v for k, v in generation.items() if v is not None}}
-    return {"mel": manifest.get("mel"), "training": manifest.get("training"), **sampling}
+    return {"mel": manifest.get("mel"), "training": manifest.get("training"), "categories": manifest.get("categories"),
+            **sampling}  # fmt: skip
 
 
 def _target_run(request: EvaluationRequest, model_dir: Path | None) -> str:

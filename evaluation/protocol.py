@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.errors import UserError
-from core.esc50 import read_clips
+from core.esc50 import ESC50_CATEGORIES, SKIPPED_ATTR, class_names, read_clips
 from core.splits import last_recordings, recordings, sharing_a_recording
 
 PEAK_LEVEL = 0.9  # generated clips are written at this peak (core.audio.MelTransform.audio): -0.9 dBFS
@@ -59,6 +59,8 @@ class ReferenceSplit:
     training_rule: str = "unknown"  # how the generator's training clips were kept out of the reference
     overlaps_training: bool = False  # the reference may hold the generator's training clips (asked for)
     excluded_for_training: int = 0  # real clips left out because the generator trained on their recording
+    categories: list[str] = field(default_factory=lambda: list(ESC50_CATEGORIES))  # the reference's class set
+    skipped_rows: int = 0  # rows of the reference's source left out by skip_bad
 
     def restrict(self, clips: pd.DataFrame) -> pd.DataFrame:
         """The clips of the evaluated classes (the rest have no reference or ceiling to compare with)."""
@@ -72,6 +74,9 @@ class ReferenceSplit:
             "evaluation.held_out_clips": str(len(self.held_out)),
             "evaluation.held_out_rule": self.how,
             "evaluation.classes": str(len(self.classes)),
+            "evaluation.class_set": "esc50"
+            if self.categories == list(ESC50_CATEGORIES)
+            else f"{len(self.categories)} classes of the reference's own",  # fmt: skip
             "evaluation.training_clips": "unknown" if self.training is None else str(len(self.training)),
             "evaluation.training_rule": self.training_rule,
             "evaluation.excluded_for_training": str(self.excluded_for_training),
@@ -87,8 +92,12 @@ def split_reference(
     trained_on: list[str] | None = None,
     allow_training_overlap: bool = False,
     training_source: str = "",
+    skip_bad: bool = False,
 ) -> ReferenceSplit:
     """Reference and ceiling from the real clips of `source`, none sharing a recording with `trained_on`.
+
+    The class set is the source's own (`core.esc50.class_names`); `skip_bad` leaves out the rows its scan
+    finds bad (as training's data.skip_bad does) instead of refusing the source.
 
     `trained_on`: the file names of the generator's training clips (the model's training record); `[]` for
     a generator that heard none of `source`; None when unknown, which is refused unless
@@ -96,7 +105,14 @@ def split_reference(
     Reference = the clips of `folds` (all when empty); ceiling = the other folds when they hold a clip of
     every reference class, else the last recording (every take) of each class with two or more.
     """
-    clips = _as_clip_table(read_clips(source, hub_split=hub_split))
+    read = read_clips(source, hub_split=hub_split, skip_bad=skip_bad)
+    categories = class_names(read)
+    if skip_bad and "path" in read.columns:  # unreadable clips too, as training's scan leaves them out
+        readable = [_readable(path) for path in read["path"]]
+        skipped = read.attrs.get(SKIPPED_ATTR, []) + [name for name, ok in zip(read["filename"], readable) if not ok]
+        read = read[readable].reset_index(drop=True)
+        read.attrs[SKIPPED_ATTR] = skipped
+    clips = _as_clip_table(read)
     training, rule, excluded = None, "unknown (allowed by request)", 0
     if trained_on is None and not allow_training_overlap:
         raise UserError(
@@ -106,7 +122,7 @@ def split_reference(
     if trained_on is not None:
         stems = {Path(str(name)).stem for name in trained_on}
         in_source = clips[[Path(str(name)).stem in stems for name in clips["filename"]]]
-        training = _training_table(training_source, source, trained_on, in_source, hub_split)
+        training = _training_table(training_source, source, trained_on, in_source, hub_split, skip_bad)
         if allow_training_overlap:
             rule = "none: the reference may hold training clips (asked for)"
         else:
@@ -139,7 +155,7 @@ def split_reference(
     split = ReferenceSplit(
         source, _only(reference, classes), _only(held, classes), how, classes, training, rule,
         overlaps_training=allow_training_overlap and (training is None or len(training) > 0),
-        excluded_for_training=excluded,
+        excluded_for_training=excluded, categories=categories, skipped_rows=len(read.attrs.get(SKIPPED_ATTR, [])),
     )  # fmt: skip
     return split
 
@@ -159,8 +175,18 @@ def _only(clips: pd.DataFrame, classes: list[int]) -> pd.DataFrame:
     return clips[clips["target"].isin(classes)].reset_index(drop=True)
 
 
+def _readable(path: str) -> bool:
+    import soundfile
+
+    try:
+        soundfile.info(path)
+        return True
+    except Exception:  # soundfile raises several types for files it cannot open
+        return False
+
+
 def _training_table(
-    training_source: str, source: str, names: list[str], in_source: pd.DataFrame, hub_split: str
+    training_source: str, source: str, names: list[str], in_source: pd.DataFrame, hub_split: str, skip_bad: bool
 ) -> pd.DataFrame:
     """The generator's training clips as a clip table: from its own source when that is another readable one,
     else those found in the reference's source."""
@@ -168,7 +194,7 @@ def _training_table(
 
     if training_source and source_identity(training_source) != source_identity(source):
         try:
-            own = _as_clip_table(read_clips(training_source, hub_split=hub_split))
+            own = _as_clip_table(read_clips(training_source, hub_split=hub_split, skip_bad=skip_bad))
             return own[own["filename"].isin(set(map(str, names)))].reset_index(drop=True)
         except UserError:
             pass

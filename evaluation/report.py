@@ -115,6 +115,7 @@ def summarize(
                 row[f"{extra}_mean"] = float(group[f"metrics.{extra}"].mean())
         label, published = _published_for(group)
         row["study"] = label
+        row["esc50_classes"] = _is_esc50(group)
         for metric, value in zip(PUBLISHED_METRICS, published):
             row[f"{metric}_published"] = value
         rows.append(row)
@@ -169,10 +170,18 @@ def _add_differences(table: pd.DataFrame, per_seed: list[dict], metrics: list[st
 
 def _published_for(group: pd.DataFrame) -> tuple[str, tuple]:
     first = group.iloc[0]
+    if not _is_esc50(group):  # the study measured ESC-50's 50 classes: no comparison for another class set
+        return "", (math.nan,) * len(PUBLISHED_METRICS)
     for label, (settings, values) in PUBLISHED.items():
         if all(str(first.get(f"params.{key}", "")) == value for key, value in settings.items()):
             return label, values
     return "", (math.nan,) * len(PUBLISHED_METRICS)
+
+
+def _is_esc50(runs: pd.DataFrame) -> bool:
+    """Runs scored on ESC-50's classes (the tag evaluation.class_set; runs from before it: ESC-50)."""
+    tags = runs.get("tags.evaluation.class_set", pd.Series(dtype=object)).dropna()
+    return bool((tags == "esc50").all())
 
 
 def _has_ceiling(runs: pd.DataFrame) -> bool:
@@ -217,6 +226,12 @@ def to_markdown(table: pd.DataFrame, protocol: list[str] | None = None) -> str:
         "unseen clips typically are (about 0.1 for a generator as novel as real clips)."
     )
     parts = ["\n".join(lines), notes]
+    if "esc50_classes" in table.columns and not table["esc50_classes"].fillna(True).astype(bool).all():
+        parts.append(
+            "The study's published values are left out for configurations scored on another class set than "
+            "ESC-50's 50 classes (tag evaluation.class_set): they were measured on ESC-50 and compare with "
+            "nothing else."
+        )
     configurations = table[table["configuration"] != CEILING]
     if "baseline" in table.columns and len(configurations) > 1:
         parts.append(_differences_markdown(configurations, metrics))

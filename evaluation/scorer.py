@@ -55,6 +55,7 @@ class ScorerSettings:
     time_mask: int = 24
     dropout: float = 0.3
     seed: int = 0
+    num_classes: int = NUM_CLASSES  # the reference's class set (ESC-50's 50, or a collection's own)
 
 
 class LogMel(nn.Module):
@@ -92,7 +93,9 @@ class ScorerNet(nn.Module):
         self.embedding = nn.Sequential(
             nn.Dropout(settings.dropout), nn.Linear(2 * channels_in, settings.embedding_dim), nn.ReLU()
         )
-        self.classifier = nn.Sequential(nn.Dropout(settings.dropout), nn.Linear(settings.embedding_dim, NUM_CLASSES))
+        self.classifier = nn.Sequential(
+            nn.Dropout(settings.dropout), nn.Linear(settings.embedding_dim, settings.num_classes)
+        )
 
     def forward(self, log_mels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.features(log_mels[:, None]).mean(dim=2)  # (B, C, frames): pooled over frequency

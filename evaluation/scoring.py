@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import UserError
-from core.esc50 import ESC50_CATEGORIES, NUM_CLASSES
+from core.esc50 import ESC50_CATEGORIES
 from evaluation.clap import DEFAULT_TEMPLATE, ZeroShotClassifier, load_clap_model
 from evaluation.clips import CLIP_SECONDS
 from evaluation.intervals import MIN_INFINITY_CLIPS, bootstrap_frechet, bootstrap_ranking, frechet_infinity
@@ -55,6 +55,7 @@ class EvalOptions:
     trained_on: list[str] | None = None
     training_source: str = ""  # where those clips are (the memorization check embeds them)
     allow_training_overlap: bool = False
+    skip_bad: bool = False  # leave out the reference's bad rows (its scan's problems) instead of refusing it
     # Every clip, real or generated, peak-normalized to this before embedding; 0 = off; -1 = as the generator
     # writes its clips (0.9 for data.level=peak models, level kept for data.level=fixed ones).
     peak: float = -1.0
@@ -91,13 +92,14 @@ def parse_metric_groups(metrics: list[str] | str) -> list[str]:
 class ScoredSet:
     metrics: dict[str, float]
     targets: np.ndarray
-    class_scores: dict[str, np.ndarray] = field(default_factory=dict)  # "clap"/"esc" -> (N, 50) scores
+    class_scores: dict[str, np.ndarray] = field(default_factory=dict)  # "clap"/"esc" -> (N, classes) scores
     per_class_distance: dict[str, dict[int, float]] = field(default_factory=dict)  # metric -> class -> value
+    categories: list[str] = field(default_factory=lambda: list(ESC50_CATEGORIES))  # the class set's names
 
     def per_class(self) -> pd.DataFrame:
         """One row per class present: clip count, top-1 accuracy per classifier, distances where computed."""
         present = sorted(set(self.targets.tolist()))
-        table = pd.DataFrame({"target": present, "category": [ESC50_CATEGORIES[t] for t in present]})
+        table = pd.DataFrame({"target": present, "category": [self.categories[t] for t in present]})
         table["clips"] = [int(np.sum(self.targets == t)) for t in present]
         for name, scores in self.class_scores.items():
             correct = target_ranks(scores, self.targets) == 0  # the same tie rule as the overall top-1
@@ -172,13 +174,17 @@ class Evaluator:
             from evaluation.fad import default_ckpt_dir
 
             model = o.clap_model or load_clap_model(o.clap_checkpoint, o.ckpt_dir or default_ckpt_dir(), o.device)
-            self.clap = ZeroShotClassifier(model, o.clap_template, o.clap_batch_size)
+            self.clap = ZeroShotClassifier(model, o.clap_template, o.clap_batch_size, self.split.categories)
 
     def _prepare_esc(self) -> None:
         o = self.options
         if self.scorer is None:
             settings = ScorerSettings(
-                sample_rate=self.sample_rate, clip_seconds=o.clip_seconds, epochs=o.scorer_epochs, seed=o.scorer_seed
+                sample_rate=self.sample_rate,
+                clip_seconds=o.clip_seconds,
+                epochs=o.scorer_epochs,
+                seed=o.scorer_seed,
+                num_classes=len(self.split.categories),
             )
             self.scorer = load_or_train_scorer(
                 self.split, settings, self.cache_dir, self.device, self.show_progress, self.preprocessing
@@ -195,7 +201,7 @@ class Evaluator:
             self.left_out = len(clips) - len(evaluated)
         if evaluated.empty:
             raise UserError(f"none of the {len(clips)} {desc} clips is of a class the reference and ceiling hold")
-        result = ScoredSet({}, evaluated["target"].to_numpy())
+        result = ScoredSet({}, evaluated["target"].to_numpy(), categories=list(self.split.categories))
         for group, score_group in (("fad", self._score_fad), ("clap", self._score_clap), ("esc", self._score_esc)):
             if group in self.groups:
                 score_group(evaluated, desc, generated, result)
@@ -290,7 +296,7 @@ class Evaluator:
     def _fd_esc_per_class(self, embeddings: np.ndarray, targets: np.ndarray) -> dict[int, float]:
         reference, reference_targets = self.scorer.reference_embeddings, self.scorer.reference_targets
         values = {}
-        for target in range(NUM_CLASSES):
+        for target in range(len(self.split.categories)):
             ours, theirs = embeddings[targets == target], reference[reference_targets == target]
             if min(len(ours), len(theirs)) >= max(self.options.min_class_clips, 2):
                 values[target] = embedding_frechet_distance(theirs, ours)

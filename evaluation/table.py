@@ -124,20 +124,23 @@ def write_per_class(per_class: pd.DataFrame, out_dir: str | os.PathLike) -> list
     return [csv_path, figure_path]
 
 
-def write_confusion(scores: np.ndarray, targets: np.ndarray, path: str | os.PathLike, title: str) -> Path:
+def write_confusion(
+    scores: np.ndarray, targets: np.ndarray, path: str | os.PathLike, title: str, categories=ESC50_CATEGORIES
+) -> Path:
     """A 50 x 50 confusion matrix (rows: intended class, columns: predicted), as fractions of each row."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    counts = confusion_matrix(scores, targets, len(ESC50_CATEGORIES))
+    categories = list(categories)
+    counts = confusion_matrix(scores, targets, len(categories))
     fractions = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     figure, axis = plt.subplots(figsize=(11, 10))
     image = axis.imshow(fractions, cmap="viridis", vmin=0, vmax=1)
-    ticks = np.arange(len(ESC50_CATEGORIES))
-    axis.set_xticks(ticks, ESC50_CATEGORIES, rotation=90, fontsize=6)
-    axis.set_yticks(ticks, ESC50_CATEGORIES, fontsize=6)
+    ticks = np.arange(len(categories))
+    axis.set_xticks(ticks, categories, rotation=90, fontsize=6)
+    axis.set_yticks(ticks, categories, fontsize=6)
     axis.set_xlabel("predicted class")
     axis.set_ylabel("intended class")
     axis.set_title(title)

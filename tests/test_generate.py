@@ -63,9 +63,13 @@ def test_generate_from_an_mlflow_run_uri(trained_tiny_model, tmp_path) -> None:
 
 
 def test_classes_by_id_or_name_once_each() -> None:
-    assert parse_classes("0,dog, rain,10") == [0, 10]
-    with pytest.raises(UserError, match="'dragon'"):
-        parse_classes("dragon")
+    from core.esc50 import ESC50_CATEGORIES
+    from core.generation import resolve_classes
+
+    assert resolve_classes(parse_classes("0,dog, rain,10"), list(ESC50_CATEGORIES)) == [0, 10]
+    with pytest.raises(UserError, match="'dragon' is neither a class id 0..49 nor a class of this model"):
+        resolve_classes(parse_classes("dragon"), list(ESC50_CATEGORIES))
+    assert resolve_classes(parse_classes("beetle,1"), ["bee", "beetle"]) == [1]  # a collection's own names
 
 
 def test_cli_help_and_bad_model_exit_2(tmp_path) -> None:

@@ -43,8 +43,10 @@ from core.files import write_text_atomic
 from core.spectrograms import (
     SpectrogramBatches,
     build_spectrogram_cache,
+    data_classes,
     mel_settings,
     select_clips,
+    skipped_rows,
     to_model_range,
     training_clips,
     training_record,
@@ -104,6 +106,20 @@ def make_accelerator(config: Config) -> Accelerator:
     )
 
 
+def check_data(config: Config) -> list[str]:
+    """Before the output folder is claimed: the whole collection scanned (every problem at once, or the bad
+    rows left out with data.skip_bad) and cached, and the class set it defines; returns the class names."""
+    build_spectrogram_cache(config.data, show_progress=False)
+    categories = data_classes(config.data)
+    beyond = [c for c in config.train.sample_classes if c >= len(categories)]
+    if beyond:
+        raise UserError(
+            f"invalid config key 'train.sample_classes': class {beyond[0]} is not among the {len(categories)} "
+            f"classes of data.source (0..{len(categories) - 1})"
+        )
+    return categories
+
+
 def build_data(config: Config, accelerator: Accelerator) -> tuple[SpectrogramBatches, DataLoader, int, dict]:
     """Cached spectrograms (computed once, by the main process) streamed: this process's share, and the
     record of which clips they are (saved with the model, so evaluation never scores against them).
@@ -112,6 +128,7 @@ def build_data(config: Config, accelerator: Accelerator) -> tuple[SpectrogramBat
     """
     with accelerator.main_process_first():
         table = build_spectrogram_cache(config.data, show_progress=accelerator.is_main_process)
+    skipped = skipped_rows(table)
     table = select_clips(table, list(training_clips(config.data)["filename"]))
     world, batch_size = accelerator.num_processes, config.train.batch_size
     batches_per_epoch = (len(table) // world) // batch_size
@@ -126,7 +143,7 @@ def build_data(config: Config, accelerator: Accelerator) -> tuple[SpectrogramBat
     loader = DataLoader(
         stream, batch_size=None, num_workers=config.train.dataloader_workers, generator=torch.Generator()
     )
-    return stream, loader, batches_per_epoch, training_record(config.data, table["filename"])
+    return stream, loader, batches_per_epoch, {**training_record(config.data, table["filename"]), "skipped": skipped}
 
 
 def train(
@@ -150,6 +167,7 @@ def train(
         if accelerator.is_main_process:
             # An unreachable tracking server fails here, before the output folder is claimed or any work starts.
             configure_tracking(config.tracking.tracking_uri, config.tracking.experiment)
+            check_data(config)  # so does bad data: a corrected rerun finds the folder unclaimed
             if resume is not None:  # before the config is rewritten: a running job's folder stays untouched
                 lock_output_dir(output_dir)
             claim_output_dir(output_dir, to_yaml(without_secrets(config)), resuming=resume is not None)
@@ -175,9 +193,10 @@ def train_in_folder(
     """The body of `train`, in a folder this process has claimed and locked: data, model, loop, model."""
     stream, loader, batches_per_epoch, data_record = build_data(config, accelerator)
     world = accelerator.num_processes
+    categories = data_classes(config.data)  # the data's class set: ESC-50's 50, or a collection's own
 
     # Model, EMA, optimizer, schedules.
-    unet = build_unet(config.model, mel_settings(config.data).shape)
+    unet = build_unet(config.model, mel_settings(config.data).shape, num_classes=len(categories))
     ema = EMAModel(
         unet.parameters(), decay=config.train.ema_decay, use_ema_warmup=True, power=config.train.ema_power,
         model_cls=UNet2DModel, model_config=unet.config,
@@ -202,6 +221,8 @@ def train_in_folder(
 
     step = load_latest_checkpoint(accelerator, output_dir, resume) if resume else 0
     run = start_run(config, output_dir, accelerator.is_main_process, parent_run_id, run_tags)
+    if run and not step and config.data.skip_bad:
+        log_skipped_rows(run, data_record["skipped"], output_dir)
     if run and step:  # every resume leaves a mark in the run's history: where an interruption was picked up
         run.log_metrics({"resumed_from_step": step}, step)
     mel = mel_settings(config.data)
@@ -257,7 +278,7 @@ def train_in_folder(
                 if run:
                     run.log_metrics(metrics, step)
             if config.train.sample_every and step % config.train.sample_every == 0 and step < config.train.max_steps:
-                log_samples(accelerator, model, ema, noise_scheduler, mel, config, run, step)
+                log_samples(accelerator, model, ema, noise_scheduler, mel, config, categories, run, step)
             if step % config.train.checkpoint_every == 0:
                 save_checkpoint(accelerator, output_dir, step, config.train.checkpoints_keep)
             if step >= last_step:
@@ -271,7 +292,9 @@ def train_in_folder(
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model)
         with ema_weights(ema, final):
-            diffusion = as_diffusion_model(final, noise_scheduler, mel, config, run.run_id if run else "", data_record)
+            diffusion = as_diffusion_model(
+                final, noise_scheduler, mel, config, categories, run.run_id if run else "", data_record
+            )
             diffusion.save(model_dir)
             if step == config.train.max_steps:
                 samples = output_dir / "samples" / "final"
@@ -300,11 +323,27 @@ def stop_early(accelerator: Accelerator, output_dir: Path, step: int, config: Co
     return TrainResult(output_dir, output_dir / "model", run.run_id if run else "", step, losses)
 
 
+def log_skipped_rows(run: RunLogger, rows: list[dict], output_dir: Path) -> None:
+    """data.skip_bad: what was left out, as an artifact (data_skipped.csv) and a count (data_skipped_rows)."""
+    import csv
+    import io
+
+    run.log_metrics({"data_skipped_rows": float(len(rows))}, 0)
+    if rows:
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=["line", "file", "problem"])
+        writer.writeheader()
+        writer.writerows(rows)
+        run.log_artifact(write_text_atomic(output_dir / "data_skipped.csv", text.getvalue()))
+
+
 def as_diffusion_model(
-    unet, noise_scheduler: DDPMScheduler, mel, config: Config, run_id: str, data_record: dict | None = None
-) -> DiffusionModel:
+    unet, noise_scheduler: DDPMScheduler, mel, config: Config, categories: list[str], run_id: str,
+    data_record: dict | None = None,
+) -> DiffusionModel:  # fmt: skip
     return DiffusionModel(
         unet=unet, noise_schedule=dict(noise_scheduler.config), mel=mel, normalize=config.data.normalize,
+        categories=list(categories),
         null_class=null_class(unet.config.num_class_embeds, config.model.class_dropout), mlflow_run_id=run_id,
         sample_clip=config.sample.clip, training=data_record, recipe=recipe_record(config),
         sampling=sampling_defaults(config),
@@ -322,14 +361,14 @@ def ema_weights(ema: EMAModel, unet: torch.nn.Module) -> Iterator[None]:
         ema.restore(unet.parameters())
 
 
-def log_samples(accelerator, model, ema, noise_scheduler, mel, config: Config, run, step: int) -> None:
+def log_samples(accelerator, model, ema, noise_scheduler, mel, config: Config, categories, run, step: int) -> None:
     """Listenable progress: EMA weights swapped in, a few classes sampled, swapped back."""
     if accelerator.is_main_process:
         unet = accelerator.unwrap_model(model)
         folder = Path(config.output_dir) / "samples" / f"step_{step:06d}"
         with ema_weights(ema, unet):
             unet.eval()
-            diffusion = as_diffusion_model(unet, noise_scheduler, mel, config, "")
+            diffusion = as_diffusion_model(unet, noise_scheduler, mel, config, categories, "")
             write_class_samples(
                 diffusion, list(config.train.sample_classes), folder, config.sample, sample_seed(config)
             )

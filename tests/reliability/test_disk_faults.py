@@ -140,7 +140,10 @@ def test_two_runs_started_at_once_into_one_folder_exactly_one_runs(tmp_path, tra
 @pytest.mark.slow
 def test_a_resume_while_the_run_is_still_going_is_refused_and_touches_nothing(tmp_path, train_overrides):
     output_dir, uri = tmp_path / "busy", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    overrides = train_overrides(output_dir, uri, "train.max_steps=300", "train.checkpoint_every=5")
+    # A run long enough to be caught running (small batches, rare logging: seconds, not a minute).
+    overrides = train_overrides(
+        output_dir, uri, "train.max_steps=300", "train.checkpoint_every=25", "train.batch_size=4", "train.log_every=100"
+    )
     first = start_training(train_argv(overrides), tmp_path / "first.log")
     try:
         wait_for(lambda: bool(complete_checkpoints(output_dir)) or first.poll() is not None, 240, "a checkpoint")
