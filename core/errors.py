@@ -29,7 +29,10 @@ def exit_on_user_error(main: Callable[..., T]) -> Callable[..., T]:
             return main(*args, **kwargs)
         except UserError as error:
             message = " ".join(str(error).split())  # keep it on one line
-            print(f"error: {message}", file=sys.stderr)
+            # Last, whatever came before: a pipe block-buffers stdout, which would otherwise print after this
+            # line at exit (and under `accelerate launch`, our line must sit right above its traceback).
+            sys.stdout.flush()
+            print(f"error: {message}", file=sys.stderr, flush=True)
             raise SystemExit(USER_ERROR_EXIT_CODE) from None
 
     return wrapper

@@ -6,13 +6,16 @@ test_config runs one real subprocess) to keep the suite fast.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.conftest import TINY_CONFIG
+from tests.conftest import REPO, TINY_CONFIG
 from training.train import main
 
 
@@ -73,3 +76,23 @@ def test_csv_without_required_column_is_named(tmp_path, esc50_mini, run_training
     csv = source / "meta" / "esc50.csv"
     pd.read_csv(csv).drop(columns=[column]).to_csv(csv, index=False)
     _assert_one_line_error(run_training(source), "esc50.csv", column)
+
+
+def test_the_error_line_is_the_last_thing_a_command_prints_even_through_a_pipe(tmp_path):
+    """stdout is block-buffered into a pipe: unflushed, its text came out after our error line, at exit."""
+    script = tmp_path / "command.py"
+    script.write_text(
+        "from core.errors import UserError, exit_on_user_error\n"
+        "@exit_on_user_error\n"
+        "def main():\n"
+        "    print('scanning 200 clips ...')\n"
+        "    raise UserError('data.source x: 3 problem(s)')\n"
+        "main()\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, str(script)], cwd=REPO,
+        env={**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60,
+    )  # fmt: skip
+    lines = completed.stdout.strip().splitlines()
+    assert completed.returncode == 2 and lines[-1] == "error: data.source x: 3 problem(s)", lines
