@@ -65,10 +65,12 @@ class DataProblems(UserError):
             f"; and {len(problems) - 8} more" if len(problems) > 8 else ""
         )
         full = f" (all of them in {listing})" if listing else ""
-        super().__init__(
-            f"{len(problems)} {kind} in {where}{full}: {shown}. Fix them, or set data.skip_bad=true to leave those "
-            "rows out"
+        advice = (
+            "Fix them, or set data.skip_bad=true to leave those rows out"
+            if all(p.line for p in problems)
+            else "Fix them (a problem of no single row, such as a gap in the targets, cannot be skipped)"
         )
+        super().__init__(f"{len(problems)} {kind} in {where}{full}: {shown}. {advice}")
 
 
 def read_clips(
