@@ -197,6 +197,17 @@ def _apply_preset(merged) -> None:
     merged.data.frames = merged.data.frames or PRESET_FRAMES[preset]
 
 
+def split_overrides(arguments: list[str]) -> list[str]:
+    """Dotted overrides from the command line, the way every entry point reads them: `mlflow run -P
+    overrides="a=1 b=2"` passes them all as one argument, split here as a shell would (quotes kept)."""
+    import shlex
+
+    try:
+        return [item for argument in arguments for item in shlex.split(argument)]
+    except ValueError as error:
+        raise UserError(f"overrides {' '.join(arguments)!r} cannot be split: {error}") from None
+
+
 def _check_override_syntax(overrides: list[str]) -> None:
     for item in overrides:
         if "=" not in item or item.startswith("="):

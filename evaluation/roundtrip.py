@@ -178,7 +178,7 @@ def describe(mel: MelSettings, vocoding: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    from core.config import DEFAULT_SOURCE, load_config
+    from core.config import DEFAULT_SOURCE, load_config, split_overrides
     from core.errors import exit_on_user_error
     from core.files import write_text_atomic
     from core.spectrograms import mel_settings
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
 
     @exit_on_user_error
     def run(args) -> None:
-        config = load_config(args.config, ["output_dir=unused", *args.overrides])
+        config = load_config(args.config, ["output_dir=unused", *split_overrides(args.overrides)])
         mel = mel_settings(config.data)
         vocoding = {key: getattr(config.sample, key) for key in DEFAULT_VOCODING}
         result = measure_round_trip(

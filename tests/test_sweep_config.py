@@ -166,3 +166,13 @@ def test_trial_slots_count_whole_bundles_per_node():
     assert trial_slots(nodes, cpus=2, gpus=0) == 4 + 1
     assert trial_slots(nodes, cpus=2, gpus=1) == 2  # the GPU-less node holds none
     assert trial_slots(nodes, cpus=4, gpus=0.5) == 2  # CPU-bound on the GPU node
+
+
+def test_the_sweep_splits_one_quoted_overrides_argument_as_training_does(capsys):
+    """`mlflow run . -e sweep -P overrides="a=1 b=2"` passes one argument; it was read as train.max_steps='6 ...'."""
+    from tuning.sweep import main
+
+    with pytest.raises(SystemExit) as exit_info:  # a bad search stops it before Ray starts: the split is what we test
+        main(["--config", str(ABLATION_TINY), "train.max_steps=6 train.log_every=2", "sweep.search=bogus"])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "'sweep.search'" in error and "train.max_steps" not in error

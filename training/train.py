@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import shlex
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from core.config import Config, config_hash, flatten, load_config, sample_seed, to_yaml
+from core.config import Config, config_hash, flatten, load_config, sample_seed, split_overrides, to_yaml
 from core.diffusion.guidance import null_class
 from core.diffusion.losses import diffusion_loss
 from core.diffusion.model import DiffusionModel
@@ -448,9 +447,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    # `mlflow run -P overrides="a=1 b=2"` passes all overrides as one quoted argument.
-    overrides = [item for argument in args.overrides for item in shlex.split(argument)]
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, split_overrides(args.overrides))
     result = train(
         config, resume=args.resume, show_progress=not args.no_progress, stop_after_steps=args.stop_after_steps
     )

@@ -18,6 +18,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from core.config import split_overrides
 from core.errors import UserError, exit_on_user_error
 from core.esc50 import is_local_source
 from core.files import write_text_atomic
@@ -358,7 +359,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    overrides = list(args.overrides)
+    overrides = split_overrides(args.overrides)  # as training splits them (`mlflow run -e sweep -P overrides=...`)
     for key in ("cpus_per_trial", "gpus_per_trial"):
         if getattr(args, key) is not None:
             overrides.append(f"sweep.{key}={getattr(args, key)}")
