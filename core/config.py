@@ -159,7 +159,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
                 except (TypeError, ValueError) as error:  # OmegaConf: e.g. a mapping where a list belongs
                     key = item.split("=", 1)[0].encode("unicode_escape").decode()
                     raise UserError(f"invalid config key '{key}': {str(error).splitlines()[0]}") from None
-            _apply_preset(merged)
+        _apply_preset(merged)  # from the YAML or an override
         if OmegaConf.is_missing(merged, "output_dir"):
             raise UserError("config key 'output_dir' is required (set it in the YAML or as output_dir=DIR)")
         config: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]

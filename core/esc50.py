@@ -8,6 +8,7 @@ with ESC-50's columns (e.g. `ashraq/esc50`). Both become the same table: one row
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,7 +137,8 @@ def _read_folder(source: str) -> tuple[pd.DataFrame, list[Problem], str]:
     audio_dir = root / "audio"
     table["path"] = [str(audio_dir / str(name)) for name in table["filename"]]
     present = {p.name for p in audio_dir.iterdir()} if audio_dir.is_dir() else set()
-    absent = [(line, str(name)) for line, name in zip(table["line"], table["filename"]) if str(name) not in present]
+    absent = [(line, str(name)) for line, name, path in zip(table["line"], table["filename"], table["path"])
+              if str(name) not in present and not os.path.isfile(path)]  # fmt: skip
     unlisted = sorted(
         set(n for n in present if Path(n).suffix.lower() in AUDIO_SUFFIXES) - set(map(str, table["filename"]))
     )
@@ -210,6 +212,9 @@ def scan_table(table: pd.DataFrame, where: str) -> tuple[pd.DataFrame, list[Prob
         for line, name, value in zip(table["line"][bad], table["filename"][bad], table[column][bad]):
             problems.append(Problem(line, str(name), f"column '{column}' is not an integer for {name} ({value!r})"))
         table[column] = numeric.where(~bad, -1).astype(int)
+        for line, name, value in zip(table["line"][~bad & (numeric < 0)], table["filename"][~bad & (numeric < 0)],
+                                     numeric[~bad & (numeric < 0)]):  # fmt: skip
+            problems.append(Problem(line, str(name), f"column '{column}' is negative for {name} ({int(value)})"))
     table["filename"] = table["filename"].astype(str)
     table["category"] = table["category"].astype(str)
     for filename, group in table[table["filename"].duplicated(keep=False)].groupby("filename"):
@@ -266,4 +271,7 @@ def class_names(table: pd.DataFrame) -> list[str]:
     if is_esc50_classes(table["target"], table["category"]):
         return list(ESC50_CATEGORIES)
     names = table.drop_duplicates("target").set_index("target")["category"]
+    empty = [t for t in range(int(table["target"].max()) + 1) if t not in names.index]
+    if empty:  # data.skip_bad left out every row of a class: the class set would have a hole
+        raise UserError(f"class target {empty[0]} has no usable clips left (data.skip_bad left all of them out)")
     return [str(names[t]) for t in range(int(table["target"].max()) + 1)]

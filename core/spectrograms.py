@@ -241,7 +241,9 @@ def build_spectrogram_cache(data: DataConfig, show_progress: bool = True) -> dat
     key = cache_key(clips, data.source, settings)
     cache_dir = Path(data.cache_dir).expanduser() / key
     if (cache_dir / "dataset_info.json").is_file():
-        if problems and not _skippable(problems, data):  # the cache holds the good rows of a skip_bad run
+        # A cache made with skip_bad lacks its unreadable clips: without skip_bad they are problems again.
+        problems = sorted(problems + _recorded_unreadable(cache_dir), key=lambda p: p.line)
+        if problems and not _skippable(problems, data):
             raise DataProblems(data.source, problems, _listing(problems, data))
         return datasets.load_from_disk(str(cache_dir))
 
@@ -275,6 +277,14 @@ def skipped_rows(table: datasets.Dataset) -> list[dict]:
     return json.loads(record.read_text())["rows"] if record is not None and record.is_file() else []
 
 
+def _recorded_unreadable(cache_dir: Path) -> list[Problem]:
+    record = cache_dir / SKIPPED_FILE
+    if not record.is_file():
+        return []
+    rows = json.loads(record.read_text())["rows"]
+    return [Problem(r["line"], r["file"], r["problem"], unreadable=True) for r in rows if r.get("unreadable")]
+
+
 def _skippable(problems: list[Problem], data: DataConfig) -> bool:
     """data.skip_bad leaves rows out; a problem of no row (a gap in the targets) cannot be skipped."""
     return data.skip_bad and all(p.line for p in problems)
@@ -296,7 +306,7 @@ def _save_atomically(table: datasets.Dataset, cache_dir: Path, skipped: list[Pro
     try:
         table.save_to_disk(str(staging))
         if skipped:
-            rows = [{"line": p.line, "file": p.file, "problem": p.message} for p in skipped]
+            rows = [{"line": p.line, "file": p.file, "problem": p.message, "unreadable": p.unreadable} for p in skipped]
             (staging / SKIPPED_FILE).write_text(json.dumps({"rows": rows}, indent=2))
         try:
             os.replace(staging, cache_dir)

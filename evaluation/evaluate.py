@@ -172,7 +172,9 @@ def prepared_evaluator(
     options = _protocol_options(options, record)
     rate = generator_rate(record, sample_rate)
     evaluator = build_evaluator(reference, metrics, reference_folds, rate, cache_dir, show_progress, options)
-    generator = record.get("categories") or list(ESC50_CATEGORIES)  # clips made before it was recorded: ESC-50's
+    # Clips made before the class set was recorded are ESC-50's; no record (real clips only, a bare folder
+    # whose manifest read_manifest checks): nothing to compare.
+    generator = record.get("categories") or (list(ESC50_CATEGORIES) if record else evaluator.split.categories)
     if list(generator) != evaluator.split.categories:
         raise UserError(
             f"the generator's {len(generator)} classes ({', '.join(generator[:3])}, ...) are not the "
@@ -437,6 +439,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--trained-on-none", action="store_true",
         help="the clips come from a generator that heard none of --reference (no training record needed)",
     )  # fmt: skip
+    protocol.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out the reference's bad rows and unreadable clips (data.skip_bad)",
+    )
     protocol.add_argument("--bootstrap", type=int, default=1000, help="draws for the 95%% intervals (0 = none)")
     protocol.add_argument("--peak", type=float, default=EvalOptions.peak,
                           help="every clip peak-normalized to this before embedding (0 = as decoded; default: "
@@ -475,6 +482,7 @@ def main(argv: list[str] | None = None) -> EvaluationOutcome:
         allow_download=args.allow_download, clap_checkpoint=args.clap_checkpoint, clap_template=args.clap_template,
         hub_split=args.hub_split, device=args.device, allow_training_overlap=args.allow_training_overlap,
         trained_on=[] if args.trained_on_none else None, bootstrap=args.bootstrap, peak=args.peak,
+        skip_bad=args.skip_bad,
     )  # fmt: skip
     request = EvaluationRequest(
         generated=args.generated, model=args.model, reference=args.reference or DEFAULT_SOURCE,

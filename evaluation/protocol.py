@@ -107,8 +107,9 @@ def split_reference(
     """
     read = read_clips(source, hub_split=hub_split, skip_bad=skip_bad)
     categories = class_names(read)
-    if skip_bad and "path" in read.columns:  # unreadable clips too, as training's scan leaves them out
-        readable = [_readable(path) for path in read["path"]]
+    if skip_bad:  # unreadable clips too, as training's scan leaves them out
+        sources = read["path"] if "path" in read.columns else read["audio_bytes"]
+        readable = [_readable(item) for item in sources]
         skipped = read.attrs.get(SKIPPED_ATTR, []) + [name for name, ok in zip(read["filename"], readable) if not ok]
         read = read[readable].reset_index(drop=True)
         read.attrs[SKIPPED_ATTR] = skipped
@@ -175,13 +176,14 @@ def _only(clips: pd.DataFrame, classes: list[int]) -> pd.DataFrame:
     return clips[clips["target"].isin(classes)].reset_index(drop=True)
 
 
-def _readable(path: str) -> bool:
-    import soundfile
+def _readable(source) -> bool:
+    """Whether a clip decodes as training's scan decodes it (empty, silent, NaN or broken files do not)."""
+    from core.audio import BadAudioError, decode_audio
 
     try:
-        soundfile.info(path)
+        decode_audio(source, 16000, 5.0)
         return True
-    except Exception:  # soundfile raises several types for files it cannot open
+    except BadAudioError:
         return False
 
 

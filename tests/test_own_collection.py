@@ -120,20 +120,27 @@ def test_a_collection_of_its_own_trains_generates_by_name_and_is_evaluated(tmp_p
         [f"output_dir={tmp_path / 'run'}", f"data.source={source}", f"data.cache_dir={tmp_path / 'cache'}",
          f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "data.skip_bad=true", "data.resolution=16",
          "data.holdout_recordings=2", "model.block_channels=[8,16]", "train.max_steps=2", "train.batch_size=4",
-         "train.checkpoint_every=2", "train.sample_classes=[1]", "sample.steps=2", "sample.griffin_lim_iters=2"],
+         "train.checkpoint_every=2", "sample.steps=2", "sample.griffin_lim_iters=2"],
     )  # fmt: skip
     with caplog.at_level(logging.WARNING):
         result = train(config, show_progress=False)
     summary = caplog.text
     assert "resampled from 16 kHz" in summary and "averaged to mono" in summary and "padded with silence" in summary
     assert "trimmed" in summary
+    # tiny.yaml's sample classes (0, 10, 19, 40, 42) mostly do not exist here: what is sampled instead is said.
+    assert "does not fit the 4 classes of data.source; sampling [0]" in summary
+    # The cache of this skip_bad run lacks broken.wav: without skip_bad it is a problem again, not reused silently.
+    import dataclasses
+
+    with pytest.raises(DataProblems, match="broken.wav"):
+        build_spectrogram_cache(dataclasses.replace(config.data, skip_bad=False), show_progress=False)
     model = DiffusionModel.load(result.model_dir)
     assert model.categories == CLASSES and model.unet.config.num_class_embeds == 4
     client = mlflow.tracking.MlflowClient(config.tracking.tracking_uri)
     run = client.get_run(result.run_id)
     assert run.data.metrics["data_skipped_rows"] == 1
     assert "data_skipped.csv" in {a.path for a in client.list_artifacts(result.run_id)}
-    assert (Path(result.output_dir) / "samples" / "final" / "beetle.wav").is_file()  # named by the data's class
+    assert (Path(result.output_dir) / "samples" / "final" / "bee.wav").is_file()  # named by the data's class
 
     generated = tmp_path / "by-name"
     generate(GenerationRequest(model=str(result.model_dir), out=str(generated), per_class=1,
@@ -153,9 +160,44 @@ def test_a_collection_of_its_own_trains_generates_by_name_and_is_evaluated(tmp_p
     assert protocol["evaluation.class_set"] == "4 classes of the reference's own"
     per_class = pd.read_csv(tmp_path / "evaluation" / "per_class.csv")
     assert set(per_class["category"]) <= set(CLASSES)
+    from evaluation.evaluate import score_real  # real clips alone (a sweep's ceiling): no generator to compare
+
+    real = score_real(str(source), ["esc"], trained_on=[], skip_bad=True, bootstrap=0, scorer_epochs=3,
+                      cache_dir=str(tmp_path / "eval-cache"), show_progress=False)  # fmt: skip
+    assert "esc_top1" in real
     # Another collection's clips are not scored against ESC-50 (the class sets differ): refused, naming both.
     from core.errors import UserError
 
     with pytest.raises(UserError, match="the generator's 4 classes .* are not the 50 classes of --reference"):
         evaluate(EvaluationRequest(generated=str(tmp_path / "evaluation" / "generated"), metrics=["esc"],
                                    mlflow=False, out=str(tmp_path / "wrong")), show_progress=False)  # fmt: skip
+
+
+def test_negative_targets_nested_file_names_and_an_emptied_class(tmp_path):
+    from core.errors import UserError
+    from core.esc50 import class_names, scan_source
+
+    source = tmp_path / "nested"
+    table = make_collection(source, per_class=2)
+    (source / "audio" / "sub").mkdir()
+    soundfile.write(source / "audio" / "sub" / "x.wav", np.full(8000, 0.1, np.float32), 16000)
+    extra = pd.DataFrame([{"filename": "sub/x.wav", "fold": 1, "target": 0, "category": "bee"},
+                          {"filename": table.iloc[0]["filename"].replace("-0.", "-9."), "fold": 1, "target": -1,
+                           "category": "bee"}])  # fmt: skip
+    pd.concat([table, extra]).to_csv(source / "meta" / "esc50.csv", index=False)
+    _, problems, _ = scan_source(str(source))
+    messages = [p.message for p in problems]
+    assert not any("sub/x.wav" in m for m in messages)  # a file in a sub-folder of audio/ is found
+    assert any("column 'target' is negative" in m for m in messages), messages
+    emptied = table[table["target"] != 2]  # skip_bad left no row of class 2
+    with pytest.raises(UserError, match="class target 2 has no usable clips left"):
+        class_names(emptied)
+
+
+def test_a_preset_set_in_the_yaml_alone_applies(tmp_path):
+    from core.spectrograms import mel_settings
+
+    path = tmp_path / "preset.yaml"
+    path.write_text(f"output_dir: {tmp_path / 'run'}\ndata:\n  preset: audioldm\n")
+    mel = mel_settings(load_config(path).data)
+    assert (mel.sample_rate, mel.n_mels, mel.hop_length, mel.n_frames) == (16000, 64, 160, 512)

@@ -111,11 +111,15 @@ def check_data(config: Config) -> list[str]:
     build_spectrogram_cache(config.data, show_progress=False)
     categories = data_classes(config.data)
     beyond = [c for c in config.train.sample_classes if c >= len(categories)]
-    if beyond:
-        raise UserError(
-            f"invalid config key 'train.sample_classes': class {beyond[0]} is not among the {len(categories)} "
-            f"classes of data.source (0..{len(categories) - 1})"
+    if beyond:  # listening samples only (no result depends on them): sample what exists, and say so
+        fitting = [c for c in config.train.sample_classes if c < len(categories)] or list(
+            range(min(5, len(categories)))
         )
+        logging.getLogger(__name__).warning(
+            "train.sample_classes: %s does not fit the %d classes of data.source; sampling %s",
+            list(config.train.sample_classes), len(categories), fitting,
+        )  # fmt: skip
+        config.train.sample_classes = fitting
     return categories
 
 
@@ -330,7 +334,7 @@ def log_skipped_rows(run: RunLogger, rows: list[dict], output_dir: Path) -> None
     run.log_metrics({"data_skipped_rows": float(len(rows))}, 0)
     if rows:
         text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=["line", "file", "problem"])
+        writer = csv.DictWriter(text, fieldnames=["line", "file", "problem", "unreadable"])
         writer.writeheader()
         writer.writerows(rows)
         run.log_artifact(write_text_atomic(output_dir / "data_skipped.csv", text.getvalue()))

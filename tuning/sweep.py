@@ -237,7 +237,8 @@ def base_protocol(spec: SweepSpec) -> dict:
     from core.spectrograms import training_clips
 
     data = DataConfig(**spec.base["data"])
-    return {"trained_on": list(training_clips(data)["filename"]), "training_source": data.source}
+    return {"trained_on": list(training_clips(data)["filename"]), "training_source": data.source,
+            "skip_bad": data.skip_bad}  # fmt: skip
 
 
 def check_protocol(spec: SweepSpec) -> None:
@@ -249,7 +250,7 @@ def check_protocol(spec: SweepSpec) -> None:
     options = EvalOptions.from_options({**base_protocol(spec), **dict(evaluate.options)})
     split = split_reference(
         evaluate.reference or spec.base["data"]["source"], list(evaluate.reference_folds), options.hub_split,
-        options.trained_on, options.allow_training_overlap, options.training_source,
+        options.trained_on, options.allow_training_overlap, options.training_source, options.skip_bad,
     )  # fmt: skip
     check_interval_sizes(split, options.bootstrap)
 

@@ -69,7 +69,8 @@ def generate_and_score(context: TrialContext, config: Config, model_dir: Path, r
     evaluate = settings.evaluate
     scored, protocol = evaluation.generate_and_score(
         model_dir, generated, generation, evaluate.reference or config.data.source, list(evaluate.metrics),
-        options=EvalOptions.from_options(dict(evaluate.options)), real_row=evaluate.ceiling,
+        options=EvalOptions.from_options({"skip_bad": config.data.skip_bad, **dict(evaluate.options)}),
+        real_row=evaluate.ceiling,
         reference_folds=tuple(evaluate.reference_folds), sample_rate=config.data.sample_rate,
         cache_dir=evaluate.cache_dir, show_progress=False,
     )  # fmt: skip
