@@ -200,12 +200,19 @@ def _apply_preset(merged) -> None:
 def split_overrides(arguments: list[str]) -> list[str]:
     """Dotted overrides from the command line, the way every entry point reads them: `mlflow run -P
     overrides="a=1 b=2"` passes them all as one argument, split here as a shell would (quotes kept)."""
+    import re
     import shlex
 
-    try:
-        return [item for argument in arguments for item in shlex.split(argument)]
-    except ValueError as error:
-        raise UserError(f"overrides {' '.join(arguments)!r} cannot be split: {error}") from None
+    key = re.compile(r"^[A-Za-z_][\w.]*=")
+    items = []
+    for argument in arguments:
+        try:
+            parts = shlex.split(argument)
+        except ValueError:  # unbalanced quotes: a single value (YAML reads it or names it)
+            parts = [argument]
+        # Split only what is several overrides: a value with spaces ("sweep.asha={stages: [1]}") stays whole.
+        items.extend(parts if len(parts) > 1 and all(key.match(part) for part in parts) else [argument])
+    return items
 
 
 def _check_override_syntax(overrides: list[str]) -> None:

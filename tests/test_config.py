@@ -84,3 +84,13 @@ def test_unknown_key_on_the_command_line_exits_2_with_one_line(tmp_path) -> None
     assert result.stderr.strip().count("\n") == 0
     assert "train.bogus" in result.stderr
     assert not (tmp_path / "config.yaml").exists()  # checked before any work
+
+
+def test_overrides_are_split_the_same_way_everywhere_and_a_value_with_spaces_stays_whole() -> None:
+    from core.config import split_overrides
+
+    assert split_overrides(["train.max_steps=6 train.log_every=2", "seed=1"]) == [
+        "train.max_steps=6", "train.log_every=2", "seed=1",
+    ]  # fmt: skip
+    assert split_overrides(["sweep.asha={stages: [1]}"]) == ["sweep.asha={stages: [1]}"]
+    assert split_overrides(["model.block_channels=[8, 16]"]) == ["model.block_channels=[8, 16]"]
