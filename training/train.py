@@ -105,10 +105,10 @@ def make_accelerator(config: Config) -> Accelerator:
     )
 
 
-def check_data(config: Config) -> list[str]:
+def check_data(config: Config, show_progress: bool = True) -> list[str]:
     """Before the output folder is claimed: the whole collection scanned (every problem at once, or the bad
     rows left out with data.skip_bad) and cached, and the class set it defines; returns the class names."""
-    build_spectrogram_cache(config.data, show_progress=False)
+    build_spectrogram_cache(config.data, show_progress=show_progress)  # the long first pass: with its bar
     categories = data_classes(config.data)
     beyond = [c for c in config.train.sample_classes if c >= len(categories)]
     if beyond:  # listening samples only (no result depends on them): sample what exists, and say so
@@ -170,7 +170,7 @@ def train(
         if accelerator.is_main_process:
             # An unreachable tracking server fails here, before the output folder is claimed or any work starts.
             configure_tracking(config.tracking.tracking_uri, config.tracking.experiment)
-            check_data(config)  # so does bad data: a corrected rerun finds the folder unclaimed
+            check_data(config, show_progress)  # so does bad data: a corrected rerun finds the folder unclaimed
             if resume is not None:  # before the config is rewritten: a running job's folder stays untouched
                 lock_output_dir(output_dir)
             claim_output_dir(output_dir, to_yaml(without_secrets(config)), resuming=resume is not None)
