@@ -61,7 +61,7 @@ def ours(source: str, work_dir: str, resolution: int, steps: int, log_every: int
 
     config = bench_config(source, work_dir, resolution, steps, log_every)
     result = train(config, show_progress=False)
-    history = mlflow.tracking.MlflowClient(config.tracking.tracking_uri).get_metric_history(result.run_id, "loss")
+    history = mlflow.tracking.MlflowClient(config.tracking.tracking_uri).get_metric_history(result.run_id, "train/loss")
     points = sorted((m.step, m.timestamp) for m in history)
     (first_step, first_ms), (last_step, last_ms) = points[0], points[-1]
     samples = (last_step - first_step) * config.train.batch_size

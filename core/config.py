@@ -49,7 +49,7 @@ class DataConfig:
     shuffle_buffer: int = 1000
     preprocess_workers: int = 0  # 0 = one per CPU core
     # A collection with problems (absent files, bad rows, unreadable clips: one scan lists them all) stops the
-    # run; true leaves those rows out instead (logged to MLflow: data_skipped.csv and data_skipped_rows).
+    # run; true leaves those rows out instead (logged to MLflow: data_skipped.csv and data/skipped_rows).
     skip_bad: bool = False
 
 
@@ -81,7 +81,9 @@ class TrainConfig:
     adam_beta1: float = 0.95
     adam_beta2: float = 0.999
     max_grad_norm: float = 1.0
-    mixed_precision: str = "no"  # no | fp16 | bf16
+    # no | fp16 | bf16; "" = as launched (accelerate launch --mixed_precision or its config file, else no).
+    # Set here it wins over the launcher, and training prints which one it used.
+    mixed_precision: str = ""
     num_train_timesteps: int = 1000
     beta_schedule: str = "linear"  # linear | scaled_linear | squaredcos_cap_v2 (core.diffusion.schedules)
     zero_terminal_snr: bool = False  # rescale betas so the last timestep is pure noise (Lin et al. 2024)
@@ -91,6 +93,11 @@ class TrainConfig:
     checkpoints_keep: int = 3
     log_every: int = 10
     sample_every: int = 0  # 0 = only at the end
+    # > 0: every N steps, eval_per_class clips of each evaluated class scored by the offline scorer (quick_eval/*
+    # metrics against the step; training.quick_eval). The scorer is fitted once, cached in eval_cache_dir.
+    eval_every: int = 0
+    eval_per_class: int = 2
+    eval_cache_dir: str = ".cache/evaluation"
     sample_classes: list[int] = field(default_factory=lambda: [0, 10, 20, 30, 40])
     dataloader_workers: int = 0
 
@@ -275,14 +282,16 @@ def validate(config: Config) -> None:
         "guidance needs a null class: train with model.class_dropout > 0 (e.g. 0.1)",
     )
     _require(
-        train.mixed_precision in ("no", "fp16", "bf16"),
+        train.mixed_precision in ("", "no", "fp16", "bf16"),
         "train.mixed_precision",
-        f"'{train.mixed_precision}' is not one of no, fp16, bf16",
+        f"'{train.mixed_precision}' is not one of no, fp16, bf16 (or empty: as launched)",
     )
     for key in ("max_steps", "batch_size", "gradient_accumulation", "checkpoint_every", "log_every"):
         _require(getattr(train, key) >= 1, f"train.{key}", "must be >= 1")
     _require(train.checkpoints_keep >= 1, "train.checkpoints_keep", "must be >= 1")
     _require(train.sample_every >= 0, "train.sample_every", "must be >= 0")
+    _require(train.eval_every >= 0, "train.eval_every", "must be >= 0")
+    _require(train.eval_per_class >= 1, "train.eval_per_class", "must be >= 1")
     _require(train.learning_rate > 0, "train.learning_rate", "must be positive")
     _require(train.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
     _require(0 < train.ema_decay < 1, "train.ema_decay", "must be in (0, 1)")

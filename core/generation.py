@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from tqdm.auto import tqdm
 
 from core.audio import write_wav_atomic
 from core.diffusion.samplers import SAMPLE_CLIPS, SAMPLERS, sample_spectrograms
 from core.errors import UserError
 from core.files import write_text_atomic
+from core.progress import Progress
 from core.vocoders import build_vocoder
 
 if TYPE_CHECKING:
@@ -52,8 +54,14 @@ class GenerationRequest:
     clip: str = ""  # how the sampler clips x0 (sample.clip: data_range, legacy, none); "" = the model's own
 
 
-def generate(request: GenerationRequest, show_progress: bool = True) -> Path:
-    """Sample, invert to audio and write clips + manifest; returns the manifest's path."""
+def generate(request: GenerationRequest, show_progress: bool = True, existing: str = "replace") -> Path:
+    """Sample, invert to audio and write clips + manifest; returns the manifest's path.
+
+    A folder that already holds exactly these clips (same model weights, same resolved settings and seed:
+    its generation.json says so) is reused, and said so. Clips made otherwise are replaced (`existing=
+    "replace"`, the old manifest and clips removed first, so no manifest ever lists a mix) or refused
+    (`existing="refuse"`, for a folder the user named as holding this model's clips).
+    """
     if request.per_class < 1:
         raise UserError(f"--per-class must be >= 1, not {request.per_class}")
     if request.scheduler is not None and request.scheduler not in SAMPLERS:
@@ -63,17 +71,35 @@ def generate(request: GenerationRequest, show_progress: bool = True) -> Path:
     from core.diffusion.model import DiffusionModel, resolve_model_folder
 
     device = request.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = DiffusionModel.load(resolve_model_folder(request.model), device=device)
+    model_folder = resolve_model_folder(request.model)
+    model = DiffusionModel.load(model_folder, device=device)
     request = with_model_defaults(request, model)
     classes = resolve_classes(request.classes, model.categories)
     if request.steps < 1 or request.griffin_lim_iters < 1:
         raise UserError("--steps and --griffin-lim-iters must be >= 1")
     out = Path(request.out)
+    fingerprint = generation_fingerprint(model_folder, request, classes, model)
+    reused = reusable_clips(out, fingerprint)
+    if reused is not None:
+        return reused
+    clear_previous_clips(out, fingerprint, existing)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"cannot create --out {out}: {error.strerror or error}") from None
 
+    rows = make_clips(model, request, classes, out, show_progress, device)
+    write_generation_record(out, request, model, fingerprint)
+    return write_manifest(out, rows)
+
+
+def make_clips(
+    model: DiffusionModel, request: GenerationRequest, classes: list[int], out: Path, show_progress: bool = True,
+    device: str = "cpu",
+) -> list[dict]:  # fmt: skip
+    """`request.per_class` clips of each class written to out/<category>/<n>.wav; their manifest rows.
+
+    `request` is resolved (no None left: `with_model_defaults`). Training's quick evaluation calls this too."""
     labels = [c for c in classes for _ in range(request.per_class)]
     vocoder = build_vocoder(
         request.vocoder, model.mel, iterations=request.griffin_lim_iters, momentum=request.griffin_lim_momentum,
@@ -81,12 +107,15 @@ def generate(request: GenerationRequest, show_progress: bool = True) -> Path:
     )  # fmt: skip
     rows = []
     chunk = request.batch_size
-    with tqdm(total=len(labels), desc="generating clips", disable=not show_progress) as progress:
+    chunks = math.ceil(len(labels) / chunk)
+    # Moves per denoising step (a batch of 32 clips can take minutes on a CPU); clips written so far beside it.
+    with Progress(chunks * request.steps, f"generating {len(labels)} clips", show_progress, "step") as progress:
         for start in range(0, len(labels), chunk):
             chunk_labels = labels[start : start + chunk]
             spectrograms = sample_spectrograms(
                 model, chunk_labels, request.scheduler, request.steps, request.guidance_scale,
                 batch_size=chunk, seed=request.seed + start, clip=request.clip,
+                on_step=lambda: progress.update(1),
             )  # fmt: skip
             clips = vocoder(spectrograms.to(device), seed=request.seed)
             for offset, (label, clip) in enumerate(zip(chunk_labels, clips)):
@@ -95,9 +124,90 @@ def generate(request: GenerationRequest, show_progress: bool = True) -> Path:
                 relative = f"{category}/{index}.wav"
                 write_wav_atomic(out / relative, clip, model.mel.sample_rate)
                 rows.append({"file": relative, "target": label, "category": category})
-            progress.update(len(chunk_labels))
-    write_generation_record(out, request, model)
-    return write_manifest(out, rows)
+            progress.update(0, clips=start + len(chunk_labels))
+    return rows
+
+
+def model_digest(model_folder: Path) -> str:
+    """SHA-256 over every file of a model folder (weights, schedule, audio.json), with their relative paths."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(model_folder).rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(model_folder)).encode() + b"\0")
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def generation_fingerprint(model_folder: Path, request: GenerationRequest, classes: list[int], model) -> dict:
+    """What decides the clips: the model's weights and every resolved generation setting, the seed included."""
+    settings = {key: value for key, value in asdict(request).items() if key not in ("model", "out", "device")}
+    return {"model_digest": model_digest(model_folder),
+            "settings": {**settings, "classes": classes, "clip": request.clip or model.sample_clip}}  # fmt: skip
+
+
+def fingerprint_differences(previous: dict, fingerprint: dict) -> list[str]:
+    """How the clips in a folder were made differently from what is asked: `per_class 1 -> 2`, `other weights`."""
+    if not previous:
+        return ["no record of how they were made (no fingerprint in generation.json)"]
+    differences = [] if previous.get("model_digest") == fingerprint["model_digest"] else ["other model weights"]
+    old, new = previous.get("settings", {}), fingerprint["settings"]
+    differences += [f"{key} {old.get(key)!r} -> {new[key]!r}" for key in new if old.get(key) != new[key]]
+    return differences
+
+
+def _describe(settings: dict) -> str:
+    return (f"{settings['scheduler']} {settings['steps']} steps, guidance {settings['guidance_scale']}, "
+            f"{settings['vocoder']}, seed {settings['seed']}, {settings['per_class']} per class")  # fmt: skip
+
+
+def reusable_clips(out: Path, fingerprint: dict) -> Path | None:
+    """The manifest of `out` when its clips are exactly what `fingerprint` asks for (and all present)."""
+    record_path, manifest = out / GENERATION_RECORD, out / "manifest.csv"
+    if not (record_path.is_file() and manifest.is_file()):
+        return None
+    try:
+        record = json.loads(record_path.read_text())
+        files = [row["file"] for row in csv.DictReader(io.StringIO(manifest.read_text()))]
+    except (OSError, ValueError, KeyError):
+        return None
+    if fingerprint_differences(record.get("fingerprint", {}), fingerprint):
+        return None
+    if not all((out / name).is_file() for name in files):
+        return None
+    print(f"reusing {len(files)} clips in {out} generated on {record.get('created', '?')} with "
+          f"{_describe(fingerprint['settings'])} (same model weights and settings)", flush=True)  # fmt: skip
+    return manifest
+
+
+def clear_previous_clips(out: Path, fingerprint: dict, existing: str) -> None:
+    """Before generating into `out`: the clips of an earlier, different generation refused or removed."""
+    manifest = out / "manifest.csv"
+    if not manifest.is_file():
+        return
+    try:
+        record = json.loads((out / GENERATION_RECORD).read_text())
+    except (OSError, ValueError):
+        record = {}
+    differences = "; ".join(fingerprint_differences(record.get("fingerprint", {}), fingerprint))
+    if existing == "refuse":
+        raise UserError(
+            f"{out} holds clips made differently ({differences}); generate with the same settings, "
+            "or choose an empty folder"
+        )
+    try:
+        files = [row.get("file", "") for row in csv.DictReader(io.StringIO(manifest.read_text()))]
+    except (OSError, ValueError):
+        files = []
+    print(f"replacing the {len(files)} clips in {out}: they were made differently ({differences})", flush=True)
+    # The manifest and record go first: a crash below leaves no manifest listing old and new clips together.
+    manifest.unlink()
+    (out / GENERATION_RECORD).unlink(missing_ok=True)
+    root = out.resolve()
+    for name in files:
+        path = (out / name).resolve()
+        if name and path.is_relative_to(root) and path.suffix == ".wav":
+            path.unlink(missing_ok=True)
 
 
 def with_model_defaults(request: GenerationRequest, model: DiffusionModel) -> GenerationRequest:
@@ -106,7 +216,9 @@ def with_model_defaults(request: GenerationRequest, model: DiffusionModel) -> Ge
     return dataclasses.replace(request, **defaults)
 
 
-def write_generation_record(out: Path, request: GenerationRequest, model: DiffusionModel) -> Path:
+def write_generation_record(
+    out: Path, request: GenerationRequest, model: DiffusionModel, fingerprint: dict | None = None
+) -> Path:
     """generation.json: what made these clips. Evaluation reads the model's training record and mel settings
     from it (its protocol keeps the training clips out of the reference; its representation row inverts
     real clips the same way)."""
@@ -126,6 +238,7 @@ def write_generation_record(out: Path, request: GenerationRequest, model: Diffus
         "training": model.training,
         "categories": model.categories,
         "mlflow_run_id": model.mlflow_run_id,
+        "fingerprint": fingerprint or {},
     }
     return write_text_atomic(out / GENERATION_RECORD, json.dumps(record, indent=2))
 

@@ -377,6 +377,7 @@ class SpectrogramBatches(torch.utils.data.IterableDataset):
             stream = split_dataset_by_node(stream, rank=rank, world_size=world_size)
         self.stream = stream.with_format("torch")
         self.batch_size = batch_size
+        self.table = table  # the clips streamed (the training figure shows one of each class)
 
     def set_epoch(self, epoch: int) -> None:
         self.stream.set_epoch(epoch)

@@ -89,6 +89,39 @@ def redact_text(text: str) -> str:
     return re.sub(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@", r"\1***@", text)
 
 
+def store_for_ui(uri: str = "") -> str:
+    """The tracking URI with relative paths made absolute: `mlflow ui --backend-store-uri` it from any folder."""
+    import mlflow
+
+    uri = uri or mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    if "://" not in uri:  # a plain folder (MLflow's file store)
+        return str(Path(uri).resolve())
+    if uri.startswith("file://"):
+        return Path(uri.removeprefix("file://")).resolve().as_uri()
+    return uri
+
+
+def where_to_look(run_id: str, label: str = "MLflow run") -> str:
+    """The last lines of a command: the run id, and how to open it (a UI command that works from any folder)."""
+    import sys
+
+    import mlflow
+
+    uri = store_for_ui()
+    try:
+        experiment_id = mlflow.tracking.MlflowClient().get_run(run_id).info.experiment_id
+    except Exception:
+        experiment_id = ""
+    if uri.startswith(("http://", "https://")):
+        page = f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+        return f"{label}: {run_id}\n  open {redact_uri(page)}"
+    page = f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}"
+    return (f"{label}: {run_id}\n  view it: {sys.executable} -m mlflow ui --backend-store-uri {redact_uri(uri)}\n"
+            f"  then open {page}")  # fmt: skip
+
+
 def git_commit() -> str:
     try:
         root = Path(__file__).resolve().parent.parent
@@ -169,6 +202,11 @@ class RunLogger:
 
     def log_artifact(self, local_path: str | os.PathLike, artifact_path: str | None = None) -> None:
         self._retrying(lambda: self.client.log_artifact(self.run_id, str(local_path), artifact_path))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self._retrying(lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
 
     def set_terminated(self, status: str) -> None:
         self._retrying(lambda: self.client.set_terminated(self.run_id, status))

@@ -25,7 +25,7 @@ from core.vocoders import vocoder_choice
 from evaluation import table
 from evaluation.clips import read_manifest
 from evaluation.fad import CKPT_DIR_ENV, FAD_MODELS
-from evaluation.metrics import REAL_PREFIX, REPRESENTATION_PREFIX
+from evaluation.metrics import REAL_PREFIX, REPRESENTATION_PREFIX, logged_name
 from evaluation.protocol import check_interval_sizes, split_reference
 from evaluation.scoring import METRIC_GROUPS, EvalOptions, Evaluator, ScoredSet, parse_metric_groups
 
@@ -126,19 +126,23 @@ def generate_and_score(
     *,
     options: EvalOptions | None = None,
     real_row: bool = True,
+    existing: str = "replace",
     **scoring,
 ) -> tuple[dict[str, ScoredSet], dict[str, str]]:
     """Generate a model's clips into `generated` (`generation`: `GenerationRequest` fields), then score them
     under the protocol: the one path from a model to its metrics (evaluate --model, sweep trials, the demo).
 
     The protocol is settled (a leaking or unknown reference refused) and every metric's weights are loaded
-    before the first clip is made. `scoring`: `score_clips`'s keywords. Returns the scored sets and the tags.
+    before the first clip is made. Clips already in `generated` are reused only when exactly these (same
+    weights, settings and seed); otherwise replaced, or with `existing="refuse"` refused (`core.generation`).
+    `scoring`: `score_clips`'s keywords. Returns the scored sets and the tags.
     """
     from core.generation import GenerationRequest, generate
 
     record = model_record(model_dir, generation)
     evaluator = prepared_evaluator(record, reference, metrics, options or EvalOptions(), **scoring)
-    generate(GenerationRequest(model=str(model_dir), out=str(generated), **generation), evaluator.show_progress)
+    request = GenerationRequest(model=str(model_dir), out=str(generated), **generation)
+    generate(request, evaluator.show_progress, existing=existing)
     scored = score_sets(evaluator, read_manifest(generated), read_generation_record(generated), real_row)
     return scored, evaluator.describe()
 
@@ -245,14 +249,15 @@ def build_evaluator(
 def log_evaluation(
     run_id: str, metrics: dict[str, float], artifacts_dir: Path | None, tags: dict[str, str] | None = None
 ) -> None:
-    """Log metrics, tags and the files directly in `artifacts_dir` (tables, figures, JSON; not sub-folders
-    such as the generated clips) under `evaluation/` to an existing MLflow run."""
+    """Log metrics (in their sections: `eval/fd_esc`, `ceiling/real_fd_esc`), tags and the files directly in
+    `artifacts_dir` (tables, figures, JSON; not sub-folders such as the generated clips) under `evaluation/` to
+    an existing MLflow run."""
     from mlflow.tracking import MlflowClient
 
     from core.tracking import RunLogger
 
     run = RunLogger(run_id)
-    run.log_metrics(metrics, step=0)
+    run.log_metrics({logged_name(name): value for name, value in metrics.items()}, step=0)
     if not run.flush(deadline_seconds=30):
         raise UserError(f"could not log the evaluation metrics to MLflow run {run_id}")
     if tags:
@@ -271,7 +276,8 @@ def _tag(key: str, value: str):
 
 @dataclass
 class EvaluationRequest:
-    generated: str = ""  # a folder with manifest.csv; with `model` too, where to generate when it has none
+    generated: str = ""  # a folder with manifest.csv; with `model` too, where its clips are (reused if exactly
+    # these: same weights, settings, seed) or are made (into an empty folder; other clips there are refused)
     model: str = ""  # a model to generate from first (and whose MLflow run receives the results)
     reference: str = DEFAULT_SOURCE
     reference_folds: list[int] = field(default_factory=list)
@@ -320,15 +326,14 @@ def evaluate(request: EvaluationRequest, show_progress: bool = True) -> Evaluati
         "reference_folds": request.reference_folds, "sample_rate": request.sample_rate, "cache_dir": request.cache_dir,
         "show_progress": show_progress, "real_row": request.real_row,
     }  # fmt: skip
-    if model_dir is not None and not (generated / "manifest.csv").is_file():
+    if model_dir is not None:  # clips of this model: made now, or reused when exactly these were made before
         scored, tags = generate_and_score(
-            model_dir, generated, request.generation, request.reference, groups, options=request.options, **scoring
-        )
+            model_dir, generated, request.generation, request.reference, groups, options=request.options,
+            existing="refuse" if request.generated else "replace", **scoring,
+        )  # fmt: skip
     else:
         clips = read_manifest(generated)  # a bad folder fails before any work
         record = read_generation_record(generated)
-        if not record and model_dir is not None:
-            record = model_record(model_dir, request.generation)
         scored, tags = score_clips(clips, record, request.reference, groups, options=request.options, **scoring)
     labels = {REAL: REAL_ROW, REPRESENTATION: REPRESENTATION_ROW, GENERATED: name}
     rows = {labels[kind]: result.metrics for kind, result in scored.items()}

@@ -23,7 +23,14 @@ from core.errors import UserError, exit_on_user_error
 from core.files import write_text_atomic
 from core.tracking import configure_tracking
 from evaluation.intervals import paired_difference, t_interval
-from evaluation.metrics import REAL_PREFIX, REGISTRY, REPRESENTATION_PREFIX, diagnostic_metrics, summary_metrics
+from evaluation.metrics import (
+    REAL_PREFIX,
+    REGISTRY,
+    REPRESENTATION_PREFIX,
+    diagnostic_metrics,
+    plain_name,
+    summary_metrics,
+)
 
 # The report summarizes every registered (evaluation.metrics) distance and ranking metric the runs logged
 # (FAD with any embedding model, CLAP accuracy, the offline scorer), then the diagnostics (memorization).
@@ -61,6 +68,12 @@ def load_runs(experiment: str, parent_run_id: str | None = None, require_metrics
         raise UserError(f"no MLflow experiment named '{experiment}' at {mlflow.get_tracking_uri()}")
     query = f"tags.`mlflow.parentRunId` = '{parent_run_id}'" if parent_run_id else ""
     runs = mlflow.search_runs(experiment_names=[experiment], filter_string=query, max_results=50000)
+    # Metrics logged in sections (eval/fd_esc, ceiling/real_fd_esc) read as their plain names; older runs logged
+    # the plain names themselves. Where a run has both, the sectioned value is the newer one.
+    renamed = {c: f"metrics.{plain_name(c[len('metrics.'):])}" for c in runs.columns if c.startswith("metrics.")}
+    for column, plain in renamed.items():
+        if column != plain:
+            runs[plain] = runs[column].combine_first(runs[plain]) if plain in runs.columns else runs[column]
     if not require_metrics:
         return runs
     columns = [f"metrics.{m}" for m in summary_metrics() if f"metrics.{m}" in runs.columns]
@@ -207,17 +220,14 @@ def _ceiling_row(runs: pd.DataFrame, metrics: list[str]) -> dict | None:
 def to_markdown(table: pd.DataFrame, protocol: list[str] | None = None) -> str:
     metrics = [m for m in summary_metrics() if f"{m}_mean" in table.columns]
     memorized = [m for m in diagnostic_metrics() if f"{m}_mean" in table.columns]
-    header = ["configuration", "n"] + metrics + memorized + ["study (FAD / top-1 / top-5 / top-10 / mAP@10)"]
+    header = ["configuration", "n"] + metrics + memorized
     lines = (protocol or []) + ([""] if protocol else [])
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
         cells = [str(row["configuration"]), str(int(row["n"]))]
         cells += [_mean_std(row.get(f"{m}_mean"), row.get(f"{m}_std"), row.get(f"{m}_ci_low"), row.get(f"{m}_ci_high"))
-                  for m in metrics]  # fmt: skip
+                  + _published_cell(row, m) for m in metrics]  # fmt: skip
         cells += [_mean_std(row.get(f"{m}_mean"), None) for m in memorized]
-        published = [row.get(f"{m}_published", math.nan) for m in PUBLISHED_METRICS]
-        has_published = any(isinstance(v, float) and not math.isnan(v) for v in published)
-        cells.append(f"{row['study']}: " + " / ".join(f"{v:g}" for v in published) if has_published else "")
         lines.append("| " + " | ".join(cells) + " |")
     directions = "; ".join(f"{m} {REGISTRY[m].arrow}" for m in metrics)
     notes = (
@@ -225,6 +235,11 @@ def to_markdown(table: pd.DataFrame, protocol: list[str] | None = None) -> str:
         "[95% t interval of the mean]. memorization: share of generated clips nearer a training clip than real "
         "unseen clips typically are (about 0.1 for a generator as novel as real clips)."
     )
+    if not set(PUBLISHED_METRICS) & set(metrics) and table.get("study", pd.Series(dtype=object)).astype(bool).any():
+        notes += (
+            " The study's published numbers (VGGish FAD, CLAP accuracy) are not shown: these runs measured neither, "
+            "and no other metric compares with them."
+        )
     parts = ["\n".join(lines), notes]
     if "esc50_classes" in table.columns and not table["esc50_classes"].fillna(True).astype(bool).all():
         parts.append(
@@ -239,6 +254,14 @@ def to_markdown(table: pd.DataFrame, protocol: list[str] | None = None) -> str:
     if ceilings:
         parts.append(ceilings)
     return "\n\n".join(parts) + "\n"
+
+
+def _published_cell(row: pd.Series, metric: str) -> str:
+    """` (study L2: 14.44)` in the column of the metric the study measured, for the configuration it matches."""
+    value = row.get(f"{metric}_published", math.nan)
+    if not isinstance(value, float) or math.isnan(value):
+        return ""
+    return f" (study {row['study']}: {value:g})"
 
 
 def _differences_markdown(table: pd.DataFrame, metrics: list[str]) -> str:
@@ -395,7 +418,12 @@ def main(argv: list[str] | None = None) -> None:
 
         mlflow.tracking.MlflowClient().log_artifacts(args.parent, str(out), "report")
     print(files.markdown.read_text())
-    print(f"wrote {files.markdown}, {files.csv}, {files.figure}")
+    print(f"report: {files.markdown.resolve()} (and {files.csv.name}, {files.figure.name} beside it)")
+    if args.parent:
+        from core.tracking import where_to_look
+
+        print(where_to_look(args.parent, "MLflow parent run" + (" (report logged under report/)"
+                                                               if args.log_to_parent else "")))  # fmt: skip
 
 
 if __name__ == "__main__":

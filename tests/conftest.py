@@ -132,3 +132,36 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
     process, uri = start_mlflow_server(root)
     yield uri
     stop_process_group(process)
+
+
+# Tests leave nothing in the checkout: what they write goes to tmp_path. The session fails if a new file or
+# folder appears in the repository (an MLflow ./mlruns, a default .cache/ or outputs/), naming it.
+_BUILD_LEFTOVERS = (".venv", ".pytest_cache", ".ruff_cache", "__pycache__", ".egg-info")
+
+
+def _checkout_entries() -> set[str]:
+    import subprocess
+
+    try:
+        listed = subprocess.run(
+            ["git", "status", "--porcelain", "--ignored", "--untracked-files=normal"], cwd=REPO, capture_output=True,
+            text=True, timeout=30, check=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return set()
+    entries = {line[3:].strip() for line in listed.splitlines() if line[:2] in ("??", "!!")}
+    return {entry for entry in entries if not any(part in entry for part in _BUILD_LEFTOVERS)}
+
+
+def pytest_sessionstart(session) -> None:
+    session.config._checkout_before = _checkout_entries()
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    before = getattr(session.config, "_checkout_before", None)
+    if before is None:
+        return
+    left = sorted(_checkout_entries() - before)
+    if left:
+        print(f"\ntests left files in the checkout {REPO}: {', '.join(left)}")
+        session.exitstatus = 1

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from evaluation.evaluate import main
+from evaluation.metrics import logged_name
 
 REPO = Path(__file__).resolve().parents[1]
 ESC_METRICS = {"esc_top1", "esc_top5", "esc_top10", "esc_map10", "fd_esc"}
@@ -95,21 +96,35 @@ def test_cli_generates_scores_writes_tables_and_logs_to_the_models_run(
 
     client = mlflow.tracking.MlflowClient(uri)
     run = client.get_run(run_id)
-    assert {name: run.data.metrics[name] for name in scores} == pytest.approx(scores)
+    assert {name: run.data.metrics[logged_name(name)] for name in scores} == pytest.approx(scores)
     assert run.data.tags["evaluation.reference"] == str(esc50_mini)
     assert run.data.tags["evaluation.reference_overlaps_training"] == "false"
     logged = {item.path for item in client.list_artifacts(run_id, "evaluation")}
     assert {"evaluation/table.md", "evaluation/table.csv", "evaluation/confusion_esc.png"} <= logged
 
-    # Again on the same clips, as a new run linked to the model's (the scorer comes from the cache).
-    main(
-        ["--model", str(model), "--generated", str(out / "generated"), "--reference", str(esc50_mini),
-         "--metrics", "esc", "--out", str(tmp_path / "again"), "--cache-dir", str(cache), "--tracking-uri", uri,
-         "--new-run", "--no-real-row", "--no-progress"]
-    )  # fmt: skip
+    # Again on the same clips, as a new run linked to the model's (the scorer comes from the cache): the same
+    # settings reuse them, and say so.
+    again = ["--model", str(model), "--generated", str(out / "generated"), "--reference", str(esc50_mini),
+             "--metrics", "esc", "--out", str(tmp_path / "again"), "--cache-dir", str(cache), "--tracking-uri", uri,
+             "--new-run", "--no-real-row", "--no-progress", "--per-class", "1", "--steps", "2"]  # fmt: skip
+    main(again)
+    assert "reusing 50 clips in" in capsys.readouterr().out
     linked = client.search_runs([run.info.experiment_id], f"tags.evaluates_run_id = '{run_id}'")
-    assert len(linked) == 1 and linked[0].data.metrics["esc_top1"] == pytest.approx(scores["esc_top1"])
-    assert "real_esc_top1" not in linked[0].data.metrics
+    assert len(linked) == 1 and linked[0].data.metrics["eval/esc_top1"] == pytest.approx(scores["esc_top1"])
+    assert "ceiling/real_esc_top1" not in linked[0].data.metrics
+
+    # Other settings never score the old clips: a folder the user named is refused, naming the difference...
+    with pytest.raises(SystemExit) as refused:
+        main([*again[:-4], "--per-class", "2", "--steps", "2"])
+    assert refused.value.code == 2 and "per_class 1 -> 2" in capsys.readouterr().err
+    # ... the evaluation's own folder is regenerated.
+    main(["--model", str(model), "--per-class", "2", "--steps", "2", "--reference", str(esc50_mini), "--metrics",
+          "esc", "--out", str(out), "--cache-dir", str(cache), "--no-mlflow", "--no-real-row",
+          "--no-progress"])  # fmt: skip
+    replaced = capsys.readouterr().out
+    assert "replacing the 50 clips" in replaced and "per_class 1 -> 2" in replaced
+    regenerated = pd.read_csv(out / "generated" / "manifest.csv")
+    assert len(regenerated) == 100 and sorted(set(regenerated["target"])) == list(range(50))
 
 
 def test_a_model_without_its_training_record_is_refused_before_any_work(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 import soundfile
 
@@ -45,6 +47,33 @@ def test_generation_is_repeatable_with_a_seed(trained_tiny_model, tmp_path) -> N
 
     first, again, other = clip("a", 1), clip("b", 1), clip("c", 2)
     assert (first == again).all() and not (first == other).all()
+
+
+def test_clips_are_reused_only_for_the_same_weights_and_settings(trained_tiny_model, tmp_path, capsys) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "model"
+    shutil.copytree(trained_tiny_model / "model", model)
+    request = GenerationRequest(model=str(model), out=str(tmp_path / "out"), per_class=1, classes=[3, 5], steps=2,
+                                griffin_lim_iters=2, seed=1)  # fmt: skip
+    generate(request, show_progress=False)
+    first = soundfile.read(tmp_path / "out" / "cow" / "0.wav")[0]
+    generate(request, show_progress=False)
+    assert "reusing 2 clips in" in capsys.readouterr().out
+
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"  # a retrained model in the same folder
+    tensors = load_file(weights)
+    save_file({name: tensor * 1.5 for name, tensor in tensors.items()}, weights, metadata={"format": "pt"})
+    generate(dataclasses.replace(request, classes=[3]), show_progress=False)
+    said = capsys.readouterr().out
+    assert "replacing the 2 clips" in said and "other model weights" in said and "classes [3, 5] -> [3]" in said
+    assert not (first == soundfile.read(tmp_path / "out" / "cow" / "0.wav")[0]).all()
+    assert not list((tmp_path / "out" / "cat").glob("*.wav"))  # the old clip of class 5 is gone
+    assert len(pd.read_csv(tmp_path / "out" / "manifest.csv")) == 1
+    with pytest.raises(UserError, match=r"holds clips made differently \(steps 2 -> 3\)"):
+        generate(dataclasses.replace(request, classes=[3], steps=3), show_progress=False, existing="refuse")
 
 
 def test_generate_from_an_mlflow_run_uri(trained_tiny_model, tmp_path) -> None:

@@ -37,5 +37,5 @@ def test_mlflow_run_train_entry_point(tmp_path, esc50_mini, spectrogram_cache_di
     assert len(runs) == 1  # training adopted the run `mlflow run` created
     run = runs[0]
     assert run.info.status == "FINISHED" and run.data.params["train.max_steps"] == "2"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2]
     assert (tmp_path / "run" / "model" / "audio.json").is_file()

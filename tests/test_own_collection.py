@@ -138,7 +138,7 @@ def test_a_collection_of_its_own_trains_generates_by_name_and_is_evaluated(tmp_p
     assert model.categories == CLASSES and model.unet.config.num_class_embeds == 4
     client = mlflow.tracking.MlflowClient(config.tracking.tracking_uri)
     run = client.get_run(result.run_id)
-    assert run.data.metrics["data_skipped_rows"] == 1
+    assert run.data.metrics["data/skipped_rows"] == 1
     assert "data_skipped.csv" in {a.path for a in client.list_artifacts(result.run_id)}
     assert (Path(result.output_dir) / "samples" / "final" / "bee.wav").is_file()  # named by the data's class
 

@@ -39,8 +39,12 @@ def store(tmp_path: Path, monkeypatch) -> tuple[str, str]:
             for key, value in (("train.loss", loss), ("model.attention", attention), ("data.normalize", normalize),
                                ("seed", seed), ("output_dir", f"/x/{run_id}")):  # fmt: skip
                 client.log_param(run_id, key, value)
-            client.log_metric(run_id, "fd_esc", fd)
-            client.log_metric(run_id, "esc_top1", top1)
+            # Runs of the L2 configuration log in sections (eval/), as evaluation does now; the rest as it did before.
+            section = "eval/" if loss == "l2" else ""
+            client.log_metric(run_id, f"{section}fd_esc", fd)
+            client.log_metric(run_id, f"{section}esc_top1", top1)
+            if loss == "l2":  # one configuration measured with the study's VGGish FAD too
+                client.log_metric(run_id, "eval/fad_vggish", 14.0 + seed)
             client.set_terminated(run_id)
     stray = client.create_run(experiment).info.run_id  # not the sweep's: must not be counted
     client.log_param(stray, "train.loss", "l1")
@@ -73,7 +77,16 @@ def test_mean_and_std_over_seeds_per_configuration(store, tmp_path: Path):
     assert table.loc["real data (ceiling)", "esc_top1_mean"] == pytest.approx(0.9)
 
     markdown = files.markdown.read_text()
-    assert "L1 without normalization: 21.85 / 0.076 / 0.262 / 0.425 / 0.16" in markdown
+    # The study's numbers appear only in the column of the metric they were measured with: its VGGish FAD beside
+    # the runs' VGGish FAD, never beside the offline scorer's FD; its CLAP accuracy nowhere (no run measured it).
+    header = next(line for line in markdown.splitlines() if line.startswith("| configuration"))
+    assert "study" not in header and "fad_vggish" in header
+    l2 = next(line for line in markdown.splitlines() if line.startswith("| loss=l2, attention=True, normalize=True"))
+    cells = [cell.strip() for cell in l2.strip("|").split("|")]
+    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    assert cells[columns.index("fad_vggish")].endswith("(study L2: 14.44)")
+    assert "study" not in cells[columns.index("fd_esc")] and "study" not in cells[columns.index("esc_top1")]
+    assert "21.85" in markdown and "0.076" not in markdown  # L1 without normalization: its FAD only
     assert f"{statistics.mean([3.1, 2.7, 3.4]):.4g} ± {statistics.stdev([3.1, 2.7, 3.4]):.2g}" in markdown
     written = pd.read_csv(files.csv)
     assert len(written) == len(LOGGED) + 1  # configurations + the ceiling
@@ -99,7 +112,9 @@ def test_cli_logs_the_report_to_the_parent_run(store, tmp_path: Path, capsys):
     uri, parent = store
     report.main(["--experiment", "report-test", "--parent", parent, "--tracking-uri", uri,
                  "--out", str(tmp_path / "cli"), "--log-to-parent"])  # fmt: skip
-    assert "| configuration | n | fd_esc | esc_top1 |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| configuration | n | fad_vggish | fd_esc | esc_top1 |" in printed
+    assert f"MLflow parent run (report logged under report/): {parent}" in printed and "-m mlflow ui" in printed
     logged = {Path(f.path).name for f in mlflow.tracking.MlflowClient().list_artifacts(parent, "report")}
     assert logged == {"report.md", "report.csv", "report.png"}
 

@@ -55,15 +55,15 @@ def test_tiny_grid_gives_eight_child_runs_under_one_parent_and_the_table(
     for run in children:
         assert run.info.status == "FINISHED"
         assert run.data.params["train.loss"] == run.data.tags["train.loss"]  # the trial trained what it is tagged
-        assert {"esc_top1", "fd_esc", "loss"} <= set(run.data.metrics)
+        assert {"eval/esc_top1", "eval/fd_esc", "train/loss"} <= set(run.data.metrics)
         # Each configuration's own ceilings, intervals and memorization share, under a protocol it records.
-        assert {"real_fd_esc", "repr_fd_esc", "fd_esc_ci_low", "memorization_esc"} <= set(run.data.metrics)
+        assert {"ceiling/real_fd_esc", "ceiling/repr_fd_esc", "eval/fd_esc_ci_low", "eval/memorization_esc"} <= set(run.data.metrics)
         assert run.data.tags["evaluation.reference_overlaps_training"] == "false"
         assert Path(run.data.tags["output_dir"]).parent == outcome.sweep_dir / "trials"
     parent = mlflow.get_run(outcome.parent_run_id)
     assert parent.info.status == "FINISHED" and json.loads(parent.data.tags["sweep.axes"]) == list(spec.grid)
 
-    assert {"real_fd_esc", "real_esc_top1"} <= set(parent.data.metrics)  # real held-out clips: the ceiling
+    assert {"ceiling/real_fd_esc", "ceiling/real_esc_top1"} <= set(parent.data.metrics)  # real held-out clips: the ceiling
     table = (outcome.report_dir / "report.csv").read_text().splitlines()
     assert len(table) == 1 + 8 + 1  # header, one row per configuration (1 seed each), the ceiling
     assert table[-1].startswith("real data (ceiling)")
@@ -142,10 +142,10 @@ def test_asha_draws_the_space_stages_training_and_stopped_trials_are_not_failure
         assert run.data.params["train.max_steps"] == "12"  # the LR schedule spans the whole budget
         trial = Path(run.data.tags["output_dir"])
         state = json.loads((trial / "trial_state.json").read_text())
-        losses = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+        losses = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
         assert (trial / "evaluation_stage1" / "metrics.json").is_file() and 6 in losses
         if state["stages_done"] == 2:  # stage 2 continued stage 1's training, it did not start over
-            resumed = client.get_metric_history(run.info.run_id, "resumed_from_step")
+            resumed = client.get_metric_history(run.info.run_id, "train/resumed_from_step")
             assert [m.value for m in resumed] == [6] and max(losses) == 12 and len(losses) == len(set(losses))
             assert state["metrics"]["train_steps"] == 12 and run.info.status == "FINISHED"
     assert mlflow.get_run(outcome.parent_run_id).info.status == "FINISHED"

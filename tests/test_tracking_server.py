@@ -21,8 +21,8 @@ def test_training_run_lands_on_a_real_tracking_server(mlflow_server, tiny_config
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["train.loss"] == "l2" and run.data.params["data.resolution"] == "32"
-    assert {"loss", "lr", "grad_norm", "samples_per_sec"} <= set(run.data.metrics)
-    assert [m.step for m in client.get_metric_history(result.run_id, "loss")] == [2, 4]
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/samples_per_sec"} <= set(run.data.metrics)
+    assert [m.step for m in client.get_metric_history(result.run_id, "train/loss")] == [2, 4]
     assert len(run.data.tags["git_commit"]) >= 7 and len(run.data.tags["config_hash"]) == 12
 
     def listed(path: str) -> set[str]:

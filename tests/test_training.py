@@ -57,7 +57,7 @@ def test_accelerate_launch_trains_checkpoints_and_tracks(tmp_path, esc50_mini, s
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["train.max_steps"] == "6"
-    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [2, 3, 4, 6]
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [2, 3, 4, 6]
 
 
 @pytest.mark.slow
@@ -122,7 +122,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, tiny_config) -> None:
     for name, tensor in reference.items():
         torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=0, msg=name)
     client = mlflow.tracking.MlflowClient(tracking_uri=interrupted_config.tracking.tracking_uri)
-    history = client.get_metric_history(rest.run_id, "loss")
+    history = client.get_metric_history(rest.run_id, "train/loss")
     assert sorted(m.step for m in history) == list(range(1, 17))  # each step once, none lost or doubled
     assert client.get_run(rest.run_id).info.status == "FINISHED"
     assert _lock_is_free(rest.output_dir)
@@ -149,3 +149,68 @@ def test_second_run_into_the_same_output_dir_is_refused(tmp_path, tiny_config) -
     with pytest.raises(UserError, match="already holds a run"):
         train(config, show_progress=False)
     assert (Path(config.output_dir) / "config.yaml").read_text() == before
+
+
+def test_resume_continues_the_saved_config_and_the_run_says_where_it_is(
+    tmp_path, esc50_mini, spectrogram_cache_dir, tmp_path_factory, capsys, caplog, monkeypatch
+) -> None:
+    """The README's resume line, without the first run's overrides: the saved config continues; a safe key
+    extends it (a diff, printed and tagged), any other key is refused. Along the way: the last step is logged,
+    the quick evaluation, MLflow's metadata, the pictures, and where everything is."""
+    import mlflow
+
+    from training.train import main
+
+    monkeypatch.setenv("PROGRESS_LOG_SECONDS", "0")  # the periodic line under --no-progress: every step here
+    output, uri = tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    located = [f"output_dir={output}", f"data.cache_dir={spectrogram_cache_dir}", f"tracking.tracking_uri={uri}"]
+    first = [*located, f"data.source={esc50_mini}", "model.attention=false", "train.max_steps=3",
+             "train.log_every=10", "train.checkpoint_every=10", "train.sample_classes=[0]", "sample.steps=4",
+             "train.eval_every=2", "train.eval_per_class=1",
+             f"train.eval_cache_dir={tmp_path_factory.getbasetemp() / 'evaluation-cache'}"]  # fmt: skip
+    main(["--config", str(TINY_CONFIG), "--no-progress", "--stop-after-steps", "2", *first])
+    said = capsys.readouterr()
+    assert f"stopped early at step 2 of 3 (--stop-after-steps); continue with:\n  python -m training.train " \
+           f"output_dir={output} --resume latest" in said.out  # fmt: skip
+    assert "training: 2/3 steps (67%), loss " in said.err and "ETA" in said.err
+
+    # Resumed as the README says, with a longer run: the saved config (no attention) continues.
+    main(["--config", str(TINY_CONFIG), "--no-progress", "--resume", "latest", *located, "train.max_steps=4"])
+    said = capsys.readouterr()
+    assert "resume changes train.max_steps: 3 -> 4" in said.out
+    assert "differs in model.attention" in caplog.text  # the --config file's value, not applied
+    model = json.loads((output / "model" / "unet" / "config.json").read_text())
+    assert not any("Attn" in block for block in model["down_block_types"] + model["up_block_types"])
+    run_id = json.loads((output / "run.json").read_text())["mlflow_run_id"]
+    assert f"output: {output.resolve()}" in said.out and f"MLflow run: {run_id}" in said.out
+    assert f"-m mlflow ui --backend-store-uri {uri}" in said.out  # tmp_path is absolute: works from anywhere
+
+    # Any key that decides what the checkpoints hold is refused, naming it; nothing is rewritten.
+    config_text = (output / "config.yaml").read_text()
+    with pytest.raises(SystemExit) as refused:
+        main(["--no-progress", "--resume", "latest", *located, "train.learning_rate=0.5"])
+    assert refused.value.code == 2 and "--resume cannot change train.learning_rate" in capsys.readouterr().err
+    assert (output / "config.yaml").read_text() == config_text
+
+    client = mlflow.tracking.MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params["train.max_steps"] == "3"  # params keep the first
+    assert run.data.tags["resume.step_000002"] == "train.max_steps: 3 -> 4"
+    # The last step of each job is logged (log_every=10 is longer than either job), and each once.
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [2, 4]
+    assert [m.step for m in client.get_metric_history(run_id, "quick_eval/esc_top1")] == [2, 4]
+    assert {"quick_eval/fd_esc", "quick_eval/memorization_esc"} <= set(run.data.metrics)
+    # MLflow's own metadata: source and git tags, the training data as the run's input, a readable name.
+    tags = run.data.tags
+    assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.git.commit"] and tags["mlflow.user"]
+    assert tags["mlflow.runName"] == "tiny model.attention=false train.max_steps=3 train.log_every=10 " \
+        "train.checkpoint_every=10 train.sample_classes=[0] sample.steps=4 train.eval_every=2 " \
+        "train.eval_per_class=1 seed=0"  # fmt: skip
+    (dataset,) = [d.dataset for d in run.inputs.dataset_inputs]
+    record = json.loads((output / "model" / "audio.json").read_text())["training"]
+    assert dataset.source_type and str(esc50_mini) in dataset.source and json.loads(dataset.profile)["num_rows"] == \
+        record["clips"]  # fmt: skip
+    assert dataset.digest == record["digest"][:36]
+    artifacts = {f.path for f in client.list_artifacts(run_id, "samples/final")}
+    assert {"samples/final/real_vs_generated.png", "samples/final/dog.wav"} <= artifacts
+    assert (output / "samples" / "final" / "real_vs_generated.png").stat().st_size > 10_000

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
 from typing import IO
 
+from core.config import Config, flatten, load_config
 from core.errors import UserError
 from core.files import write_text_atomic
 
@@ -97,3 +99,63 @@ def unlock_output_dir(output_dir: Path) -> None:
     handle = _held_locks.pop(str(output_dir.resolve()), None)
     if handle is not None:
         handle.close()
+
+
+# What a resumed run may change: how long it trains and how it reports. Everything else (data, model, recipe,
+# optimizer, precision, seed) decides what the checkpoints hold and stays as the run was started.
+# `train.max_steps` extends (or shortens) the run: the cosine LR schedule is stretched to the new length
+# from the resumed step on, so the learning rate continues on the longer curve.
+RESUME_SAFE_KEYS = (
+    "train.max_steps", "train.log_every", "train.checkpoint_every", "train.checkpoints_keep", "train.sample_every",
+    "train.sample_classes", "train.eval_every", "train.eval_per_class", "train.dataloader_workers",
+)  # fmt: skip
+# Where the run is, not what it is: always this command's (the saved tracking URI has its credentials redacted).
+RESUME_LOCATION_KEYS = ("output_dir", "tracking.tracking_uri")
+_NOT_WORTH_SAYING = ("tracking.run_name",)  # named from the first command line; a resume keeps it
+
+
+def saved_config(output_dir: Path) -> Config | None:
+    """The config a run in `output_dir` was started with (its config.yaml), None when it has none."""
+    path = Path(output_dir) / "config.yaml"
+    return load_config(path) if path.is_file() else None
+
+
+def resume_changes(saved: Config, config: Config) -> dict[str, tuple]:
+    """`{key: (saved value, new value)}` for the safe keys `config` changes; a change of any other key is
+    refused, naming it (exit 2): a run resumed on other data or another model would not be that run."""
+    old, new = flatten(saved), flatten(config)
+    changed = {key: (old.get(key), value) for key, value in new.items()
+               if key not in RESUME_LOCATION_KEYS and old.get(key) != value}  # fmt: skip
+    unsafe = [key for key in changed if key not in RESUME_SAFE_KEYS]
+    if unsafe:
+        key = unsafe[0]
+        raise UserError(
+            f"--resume cannot change {key} ({changed[key][0]!r} -> {changed[key][1]!r}"
+            f"{f', and {len(unsafe) - 1} more key(s)' if len(unsafe) > 1 else ''}): the checkpoints were trained "
+            f"with the first; only {', '.join(RESUME_SAFE_KEYS)} may change on resume"
+        )
+    return changed
+
+
+def resumed_config(config: Config, overrides: list[str], config_file: str | None) -> Config:
+    """For `--resume`: the run's saved config with the command line's dotted overrides on top (checked by
+    `resume_changes` when training starts); the --config file's other values are not applied, and said so."""
+    output_dir = Path(config.output_dir)
+    saved = saved_config(output_dir)
+    if saved is None:
+        return config  # nothing was started there yet: a resume of nothing is a new run
+    resumed = load_config(output_dir / "config.yaml", overrides)
+    tracking = dataclasses.replace(resumed.tracking, tracking_uri=config.tracking.tracking_uri)
+    resumed = dataclasses.replace(resumed, output_dir=config.output_dir, tracking=tracking)
+    if config_file:
+        given = {item.split("=", 1)[0] for item in overrides}
+        kept = flatten(resumed)
+        ignored = [key for key, value in flatten(config).items()
+                   if key not in given and key not in RESUME_LOCATION_KEYS + _NOT_WORTH_SAYING
+                   and kept.get(key) != value]  # fmt: skip
+        if ignored:
+            log.warning(
+                "resuming %s with its saved config.yaml: --config %s differs in %s (not applied; a resume "
+                "continues the run as it was started)", output_dir, config_file, ", ".join(ignored[:8]),
+            )  # fmt: skip
+    return resumed

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,6 @@ from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from core.config import Config, config_hash, flatten, load_config, sample_seed, split_overrides, to_yaml
 from core.diffusion.guidance import null_class
@@ -39,6 +39,7 @@ from core.diffusion.network import build_unet
 from core.diffusion.schedules import noise_schedule
 from core.errors import UserError, exit_on_user_error
 from core.files import write_text_atomic
+from core.progress import Progress
 from core.spectrograms import (
     SpectrogramBatches,
     build_spectrogram_cache,
@@ -50,10 +51,19 @@ from core.spectrograms import (
     training_clips,
     training_record,
 )
-from core.tracking import RunLogger, configure_tracking, git_commit, redact_uri
+from core.tracking import RunLogger, configure_tracking, git_commit, redact_uri, where_to_look
 from training.checkpoints import complete_checkpoints, load_latest_checkpoint, save_checkpoint
-from training.run_folder import claim_output_dir, lock_output_dir, unlock_output_dir
+from training.run_folder import (
+    claim_output_dir,
+    lock_output_dir,
+    resume_changes,
+    resumed_config,
+    saved_config,
+    unlock_output_dir,
+)
 from training.samples import write_class_samples
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -94,15 +104,31 @@ def sampling_defaults(config: Config) -> dict:
     return {key: getattr(sample, key) for key in keys}
 
 
+def mixed_precision(config: Config) -> tuple[str, str]:
+    """The precision to train in and where it comes from: train.mixed_precision when set (it wins, as an
+    argument to `Accelerator` does in Accelerate), else what `accelerate launch` was given (its
+    --mixed_precision or config file, passed as ACCELERATE_MIXED_PRECISION), else none."""
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "")
+    configured = config.train.mixed_precision
+    if configured:
+        overridden = f", over accelerate launch's '{launched}'" if launched and launched != configured else ""
+        return configured, f"train.mixed_precision{overridden}"
+    if launched:
+        return launched, "accelerate launch (train.mixed_precision is not set)"
+    return "no", "default (neither train.mixed_precision nor accelerate launch set it)"
+
+
 def make_accelerator(config: Config) -> Accelerator:
     # Without an accelerator device, Accelerate joins a torchrun process group only when told it
     # runs on CPU (it then uses gloo); with `accelerate launch --cpu` it is told the same way.
     no_device = not (torch.cuda.is_available() or torch.backends.mps.is_available())
-    return Accelerator(
-        mixed_precision=config.train.mixed_precision,
-        gradient_accumulation_steps=config.train.gradient_accumulation,
-        cpu=no_device,
+    precision, source = mixed_precision(config)
+    accelerator = Accelerator(
+        mixed_precision=precision, gradient_accumulation_steps=config.train.gradient_accumulation, cpu=no_device
     )
+    if accelerator.is_main_process:
+        log.info("mixed precision: %s (from %s)", precision, source)
+    return accelerator
 
 
 def check_data(config: Config, show_progress: bool = True) -> list[str]:
@@ -115,7 +141,7 @@ def check_data(config: Config, show_progress: bool = True) -> list[str]:
         fitting = [c for c in config.train.sample_classes if c < len(categories)] or list(
             range(min(5, len(categories)))
         )
-        logging.getLogger(__name__).warning(
+        log.warning(
             "train.sample_classes: %s does not fit the %d classes of data.source; sampling %s",
             list(config.train.sample_classes), len(categories), fitting,
         )  # fmt: skip
@@ -166,19 +192,30 @@ def train(
     accelerator = make_accelerator(config)
     set_seed(config.seed)
     output_dir = Path(config.output_dir)
+    changes: dict[str, tuple] = {}
+    quick_eval = None
     try:
         if accelerator.is_main_process:
             # An unreachable tracking server fails here, before the output folder is claimed or any work starts.
             configure_tracking(config.tracking.tracking_uri, config.tracking.experiment)
-            check_data(config, show_progress)  # so does bad data: a corrected rerun finds the folder unclaimed
+            categories = check_data(config, show_progress)  # so does bad data: a corrected rerun finds it unclaimed
+            if config.train.eval_every:  # and a reference that cannot serve the quick evaluation
+                from training.quick_eval import QuickEvaluation
+
+                quick_eval = QuickEvaluation(config, categories)
             if resume is not None:  # before the config is rewritten: a running job's folder stays untouched
                 lock_output_dir(output_dir)
+                saved = saved_config(output_dir)
+                changes = resume_changes(saved, config) if saved is not None else {}  # refuses unsafe keys
+                for key, (old, new) in changes.items():
+                    print(f"resume changes {key}: {old!r} -> {new!r}", flush=True)
             claim_output_dir(output_dir, to_yaml(without_secrets(config)), resuming=resume is not None)
             lock_output_dir(output_dir)  # a fresh run, once its claim succeeded (a no-op when held already)
         accelerator.wait_for_everyone()
         return train_in_folder(
-            accelerator, config, output_dir, resume, show_progress, parent_run_id, run_tags, stop_after_steps
-        )
+            accelerator, config, output_dir, resume, show_progress, parent_run_id, run_tags, stop_after_steps,
+            changes, quick_eval,
+        )  # fmt: skip
     finally:
         unlock_output_dir(output_dir)  # on errors too: a sweep may retry this trial in another live process
 
@@ -192,6 +229,8 @@ def train_in_folder(
     parent_run_id: str | None,
     run_tags: dict[str, str] | None,
     stop_after_steps: int | None,
+    changes: dict[str, tuple] | None = None,
+    quick_eval=None,
 ) -> TrainResult:
     """The body of `train`, in a folder this process has claimed and locked: data, model, loop, model."""
     stream, loader, batches_per_epoch, data_record = build_data(config, accelerator)
@@ -223,22 +262,24 @@ def train_in_folder(
     accelerator.register_for_checkpointing(ema)
 
     step = load_latest_checkpoint(accelerator, output_dir, resume) if resume else 0
-    run = start_run(config, output_dir, accelerator.is_main_process, parent_run_id, run_tags)
+    if step > config.train.max_steps:
+        raise UserError(f"train.max_steps {config.train.max_steps} is below step {step}, which the run has reached")
+    run = start_run(config, output_dir, accelerator.is_main_process, parent_run_id, run_tags, data_record)
     if run and not step and config.data.skip_bad:
         log_skipped_rows(run, data_record["skipped"], output_dir)
     if run and step:  # every resume leaves a mark in the run's history: where an interruption was picked up
-        run.log_metrics({"resumed_from_step": step}, step)
+        run.log_metrics({"train/resumed_from_step": step}, step)
+        if changes:
+            record_resume_changes(run, step, changes, output_dir)
     mel = mel_settings(config.data)
 
     # Resume exactly: the epoch and the position in it follow from the step count.
     micro_step = step * config.train.gradient_accumulation
     epoch, offset = divmod(micro_step, batches_per_epoch)
     losses: dict[int, float] = {}
-    progress = tqdm(
-        total=config.train.max_steps,
-        initial=step,
-        desc="training",
-        disable=not (show_progress and accelerator.is_main_process),
+    # A bar on a terminal; under --no-progress (logs, mlflow run) a line every 30 s: step, loss, samples/s, ETA.
+    progress = Progress(
+        config.train.max_steps, "training", show_progress, "step", initial=step, enabled=accelerator.is_main_process
     )
     window_start, window_samples = time.perf_counter(), 0
     last_step = min(config.train.max_steps, stop_after_steps or config.train.max_steps)
@@ -262,26 +303,31 @@ def train_in_folder(
                 continue
             ema.step(model.parameters())
             step += 1
-            progress.update(1)
 
-            if step % config.train.log_every == 0 or step % config.train.checkpoint_every == 0:
+            # Every log_every steps, and always at a checkpoint and at the last step of this job (a run shorter
+            # than log_every, or stopped early, still has its loss).
+            if step % config.train.log_every == 0 or step % config.train.checkpoint_every == 0 or step == last_step:
                 mean_loss = accelerator.gather(loss.detach()[None]).mean().item()
                 if not math.isfinite(mean_loss):  # stop before the bad weights reach a checkpoint
                     raise_diverged(run, step, mean_loss, output_dir)
                 losses[step] = mean_loss
                 elapsed = time.perf_counter() - window_start
                 metrics = {
-                    "loss": mean_loss,
-                    "lr": lr_schedule.get_last_lr()[0],
-                    "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-                    "samples_per_sec": window_samples / max(elapsed, 1e-9),
+                    "train/loss": mean_loss,
+                    "train/lr": lr_schedule.get_last_lr()[0],
+                    "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                    "train/samples_per_sec": window_samples / max(elapsed, 1e-9),
                 }
                 window_start, window_samples = time.perf_counter(), 0
-                progress.set_postfix(loss=f"{mean_loss:.4f}")
+                progress.update(1, loss=mean_loss, samples_per_sec=metrics["train/samples_per_sec"])
                 if run:
                     run.log_metrics(metrics, step)
+            else:
+                progress.update(1)
             if config.train.sample_every and step % config.train.sample_every == 0 and step < config.train.max_steps:
                 log_samples(accelerator, model, ema, noise_scheduler, mel, config, categories, run, step)
+            if config.train.eval_every and step % config.train.eval_every == 0:
+                log_quick_eval(accelerator, model, ema, noise_scheduler, mel, config, categories, run, step, quick_eval)
             if step % config.train.checkpoint_every == 0:
                 save_checkpoint(accelerator, output_dir, step, config.train.checkpoints_keep)
             if step >= last_step:
@@ -302,7 +348,8 @@ def train_in_folder(
             if step == config.train.max_steps:
                 samples = output_dir / "samples" / "final"
                 classes = list(config.train.sample_classes)
-                write_class_samples(diffusion, classes, samples, config.sample, sample_seed(config))
+                real = real_examples(stream.table, classes)
+                write_class_samples(diffusion, classes, samples, config.sample, sample_seed(config), real)
     if step < config.train.max_steps:  # stopped early on request: checkpoint, then hand back
         return stop_early(accelerator, output_dir, step, config, run, losses)
     if accelerator.is_main_process:
@@ -326,12 +373,24 @@ def stop_early(accelerator: Accelerator, output_dir: Path, step: int, config: Co
     return TrainResult(output_dir, output_dir / "model", run.run_id if run else "", step, losses)
 
 
+def real_examples(table, classes: list[int]):
+    """One training spectrogram of each class (the first in the table), for the real-beside-generated figure;
+    None when a class has none among the training clips."""
+    import numpy as np
+
+    targets = np.asarray(table["target"])
+    found = [np.flatnonzero(targets == c) for c in classes]
+    if any(len(rows) == 0 for rows in found):
+        return None
+    return np.stack([np.asarray(table[int(rows[0])]["spectrogram"], dtype=np.float32) for rows in found])
+
+
 def log_skipped_rows(run: RunLogger, rows: list[dict], output_dir: Path) -> None:
-    """data.skip_bad: what was left out, as an artifact (data_skipped.csv) and a count (data_skipped_rows)."""
+    """data.skip_bad: what was left out, as an artifact (data_skipped.csv) and a count (data/skipped_rows)."""
     import csv
     import io
 
-    run.log_metrics({"data_skipped_rows": float(len(rows))}, 0)
+    run.log_metrics({"data/skipped_rows": float(len(rows))}, 0)
     if rows:
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=["line", "file", "problem", "unreadable"])
@@ -381,13 +440,46 @@ def log_samples(accelerator, model, ema, noise_scheduler, mel, config: Config, c
     accelerator.wait_for_everyone()
 
 
+def log_quick_eval(accelerator, model, ema, noise_scheduler, mel, config: Config, categories, run, step: int,
+                   quick_eval) -> None:  # fmt: skip
+    """train.eval_every: the EMA weights swapped in, a few clips per class scored (training.quick_eval), logged."""
+    if accelerator.is_main_process and quick_eval is not None:
+        unet = accelerator.unwrap_model(model)
+        with ema_weights(ema, unet):
+            unet.eval()
+            metrics = quick_eval(as_diffusion_model(unet, noise_scheduler, mel, config, categories, ""), step)
+            unet.train()
+        log.info("step %d quick evaluation: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())))
+        if run:
+            run.log_metrics(metrics, step)
+    accelerator.wait_for_everyone()
+
+
+def record_resume_changes(run: RunLogger, step: int, changes: dict[str, tuple], output_dir: Path) -> None:
+    """What a resume changed (safe keys only), in the run: a tag per resume and the config as resumed.
+    MLflow params cannot change; they keep the first values, and the tag says what differs since `step`."""
+    text = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
+    run.set_tags({f"resume.step_{step:06d}": text})
+    run.log_artifact(output_dir / "config.yaml", f"resumed/step_{step:06d}")
+
+
+def run_name(config: Config, output_dir: Path) -> str:
+    """The run's name in MLflow: tracking.run_name, else the output folder's name and the seed."""
+    return config.tracking.run_name or f"{output_dir.name} seed={config.seed}"
+
+
 def start_run(
-    config: Config, output_dir: Path, is_main: bool, parent_run_id: str | None, run_tags: dict[str, str] | None
-) -> RunLogger | None:
-    """One MLflow run per training job; a resumed job continues the run recorded in run.json."""
+    config: Config, output_dir: Path, is_main: bool, parent_run_id: str | None, run_tags: dict[str, str] | None,
+    data_record: dict | None = None,
+) -> RunLogger | None:  # fmt: skip
+    """One MLflow run per training job; a resumed job continues the run recorded in run.json.
+
+    Recorded: the config as params, MLflow's own source tags (`mlflow.source.*`, git commit, user), the training
+    clips as the run's input data set (source, clip count, digest), and a readable run name."""
     if not is_main:
         return None
     import mlflow
+    from mlflow.tracking.context.registry import resolve_tags
 
     client = mlflow.tracking.MlflowClient()  # `train` has pointed MLflow at the store and experiment
     record = output_dir / "run.json"
@@ -395,22 +487,45 @@ def start_run(
         run_id = json.loads(record.read_text())["mlflow_run_id"]
         client.update_run(run_id, status="RUNNING")
         return RunLogger(run_id)
-    # `mlflow run` creates the run and passes its id; otherwise we create one.
+    name = run_name(config, output_dir)
+    tags = resolve_tags()  # MLflow's own context: mlflow.source.name/type/git.commit, mlflow.user
+    tags.setdefault("mlflow.source.git.commit", git_commit())
+    # `mlflow run` creates the run (with its own source tags) and passes its id; otherwise we create one.
     run_id = os.environ.pop("MLFLOW_RUN_ID", "") if not parent_run_id else ""
-    if not run_id:
+    if run_id:
+        tags = {"mlflow.runName": name}  # `mlflow run` gave it a random name
+    else:
         experiment = mlflow.get_experiment_by_name(config.tracking.experiment)
-        name = config.tracking.run_name or output_dir.name
         run_id = client.create_run(experiment.experiment_id, run_name=name).info.run_id
-    tags = {"git_commit": git_commit(), "config_hash": config_hash(config), "output_dir": str(output_dir.resolve())}
+    tags.update({"git_commit": git_commit(), "config_hash": config_hash(config),
+                 "output_dir": str(output_dir.resolve())})  # fmt: skip
     tags.update(run_tags or {})
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     recorded = {**flatten(without_secrets(config)), "sample.seed_resolved": sample_seed(config)}
     params = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in recorded.items()]
-    client.log_batch(run_id, params=params, tags=[mlflow.entities.RunTag(k, v) for k, v in tags.items()])
+    client.log_batch(run_id, params=params, tags=[mlflow.entities.RunTag(k, str(v)) for k, v in tags.items()])
     client.log_artifact(run_id, str(output_dir / "config.yaml"))
+    if data_record:
+        log_training_data(client, run_id, config, data_record)
     write_text_atomic(record, json.dumps({"mlflow_run_id": run_id}))
     return RunLogger(run_id)
+
+
+def log_training_data(client, run_id: str, config: Config, data_record: dict) -> None:
+    """The training clips as the run's input (MLflow's Datasets panel): source, the clip list, its digest."""
+    import pandas as pd
+    from mlflow.data import from_pandas
+    from mlflow.entities import DatasetInput, InputTag
+
+    clips = pd.DataFrame({"filename": data_record["filenames"]})
+    source = redact_uri(str(data_record.get("source") or config.data.source))
+    with warnings.catch_warnings():  # a folder "can be interpreted in multiple ways" (two local source types)
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = from_pandas(clips, source=source, name=Path(config.data.source).name or "data",
+                              digest=str(data_record.get("digest", ""))[:36] or None)  # fmt: skip
+    context = InputTag(key="mlflow.data.context", value="training")
+    client.log_inputs(run_id, [DatasetInput(dataset=dataset._to_mlflow_entity(), tags=[context])])
 
 
 def without_secrets(config: Config) -> Config:
@@ -451,12 +566,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    config = load_config(args.config, split_overrides(args.overrides))
+    overrides = split_overrides(args.overrides)
+    config = load_config(args.config, overrides)
+    if args.resume:  # the run continues as it was started: its saved config, with only safe keys changed
+        config = resumed_config(config, overrides, args.config)
+    elif not config.tracking.run_name:
+        config.tracking.run_name = command_run_name(args.config, overrides, config.seed)
     result = train(
         config, resume=args.resume, show_progress=not args.no_progress, stop_after_steps=args.stop_after_steps
     )
+    if result.step < config.train.max_steps:
+        print(f"stopped early at step {result.step} of {config.train.max_steps} (--stop-after-steps); continue with:\n"
+              f"  python -m training.train output_dir={result.output_dir} --resume latest")  # fmt: skip
+    print(f"output: {result.output_dir.resolve()} (model: {result.model_dir.resolve()})")
     if result.run_id:
-        print(f"model: {result.model_dir}\nMLflow run: {result.run_id}")
+        print(where_to_look(result.run_id))
+
+
+# Keys that say where, not what: left out of the run's name.
+_LOCATION_KEYS = ("output_dir", "data.source", "data.cache_dir", "train.eval_cache_dir", "tracking.")
+
+
+def command_run_name(config_file: str | None, overrides: list[str], seed: int) -> str:
+    """`tiny train.loss=l1 model.attention=false seed=0`: the config's name, what the command changed, the seed."""
+    changed = [item for item in overrides if not item.split("=", 1)[0].startswith(_LOCATION_KEYS)]
+    changed = [item for item in changed if not item.startswith("seed=")]
+    name = " ".join([Path(config_file).stem if config_file else "defaults", *changed, f"seed={seed}"])
+    return name if len(name) <= 250 else name[:247] + "..."
 
 
 if __name__ == "__main__":

@@ -268,11 +268,12 @@ def log_ceiling(spec: SweepSpec, parent_run_id: str) -> None:
     from mlflow.entities import Metric
 
     from evaluation.evaluate import score_real
-    from evaluation.metrics import REAL_PREFIX
+    from evaluation.metrics import REAL_PREFIX, logged_name, plain_name
 
     evaluate = spec.settings.evaluate
     client = mlflow.tracking.MlflowClient()
-    if not evaluate.ceiling or any(k.startswith(REAL_PREFIX) for k in client.get_run(parent_run_id).data.metrics):
+    logged = client.get_run(parent_run_id).data.metrics
+    if not evaluate.ceiling or any(plain_name(k).startswith(REAL_PREFIX) for k in logged):
         return
     data = spec.base["data"]
     metrics = score_real(
@@ -281,7 +282,8 @@ def log_ceiling(spec: SweepSpec, parent_run_id: str) -> None:
         **{**base_protocol(spec), **dict(evaluate.options)},
     )  # fmt: skip
     now = int(time.time() * 1000)
-    client.log_batch(parent_run_id, metrics=[Metric(f"real_{k}", float(v), now, 0) for k, v in metrics.items()])
+    real = [Metric(logged_name(f"{REAL_PREFIX}{k}"), float(v), now, 0) for k, v in metrics.items()]
+    client.log_batch(parent_run_id, metrics=real)
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:

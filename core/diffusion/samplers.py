@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -106,10 +107,12 @@ def sample_spectrograms(
     seed: int = 0,
     show_progress: bool = False,
     clip: str = "",
+    on_step: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """Spectrograms in [0, 1], shape (len(labels), H, W), one per requested class label, from a `DiffusionModel`.
 
     `clip` ("" = the model's own `sample_clip`) is how x0 is clipped at each step (config key sample.clip).
+    `on_step` is called after every denoising step (progress of long batches).
     """
     from core.spectrograms import from_model_range
 
@@ -135,6 +138,8 @@ def sample_spectrograms(
             if clip_range is not None:
                 output = clip_to_data_range(output, model_input, t, scheduler.alphas_cumprod, *clip_range, objective)
             images = scheduler.step(output, t, images, **step_options).prev_sample
+            if on_step is not None:
+                on_step()
         outputs.append(from_model_range(images.float(), model.normalize)[:, 0].cpu())
     return torch.cat(outputs)
 

@@ -37,6 +37,22 @@ REAL_PREFIX = "real_"  # the real held-out clips: the ceiling a model can reach
 REPRESENTATION_PREFIX = "repr_"  # real clips through a generator's mel + vocoder: its representation's ceiling
 ROW_PREFIXES = (REAL_PREFIX, REPRESENTATION_PREFIX)
 RANKING_PREFIX = {"clap": clap_accuracy.PREFIX, "esc": esc_scorer.PREFIX}  # metric group -> ranking names' prefix
+# Sections of the names logged to MLflow, which groups its charts by the part before "/": a model's scores
+# under eval/, the real and round-tripped clips' (the ceilings) under ceiling/ (`ceiling/real_fd_esc`).
+EVAL_SECTION, CEILING_SECTION = "eval/", "ceiling/"
+
+
+def logged_name(name: str) -> str:
+    """`fd_esc` -> `eval/fd_esc`, `real_fd_esc` -> `ceiling/real_fd_esc`: how evaluation logs a metric to MLflow."""
+    return (CEILING_SECTION if name.startswith(ROW_PREFIXES) else EVAL_SECTION) + name
+
+
+def plain_name(key: str) -> str:
+    """The metric a logged name is (`eval/fd_esc` -> `fd_esc`); names logged before sections pass unchanged."""
+    for section in (EVAL_SECTION, CEILING_SECTION):
+        if key.startswith(section):
+            return key[len(section) :]
+    return key
 
 
 def find_metric(name: str) -> Metric | None:
@@ -70,7 +86,7 @@ def table_metrics(table: str) -> list[Metric]:
 __all__ = [
     "MAP_AT", "REAL_PREFIX", "REGISTRY", "REPRESENTATION_PREFIX", "ROW_PREFIXES", "RANKING_PREFIX", "RANK_SCORES",
     "SCORER_TABLE", "STUDY_TABLE", "TOP_K",
-    "Metric", "confusion_matrix", "diagnostic_metrics", "embedding_frechet_distance", "find_metric",
+    "CEILING_SECTION", "EVAL_SECTION", "Metric", "confusion_matrix", "logged_name", "plain_name", "diagnostic_metrics", "embedding_frechet_distance", "find_metric",
     "frechet_distance", "gaussian_statistics", "lower_is_better", "mean_average_precision", "ranking_metrics",
     "summary_metrics", "table_metrics", "target_ranks", "topk_accuracy",
 ]  # fmt: skip

@@ -114,7 +114,8 @@ def test_output_folder_under_a_file_is_a_clear_error(tmp_path, tiny_config, caps
 @pytest.mark.slow
 def test_two_runs_started_at_once_into_one_folder_exactly_one_runs(tmp_path, train_overrides):
     output_dir, uri = tmp_path / "shared", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    MlflowClient(tracking_uri=uri).create_experiment("esc50-tiny")  # two processes must not both create the store
+    # Two processes must not both create the store; its artifacts in tmp_path (not ./mlruns of the checkout).
+    MlflowClient(tracking_uri=uri).create_experiment("esc50-tiny", artifact_location=(tmp_path / "artifacts").as_uri())
     processes = {
         name: start_training(
             train_argv(train_overrides(output_dir, uri, "train.max_steps=4", f"tracking.run_name={name}")),

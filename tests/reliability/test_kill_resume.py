@@ -25,7 +25,7 @@ def losses_and_runs(tracking_uri: str) -> tuple[dict[int, set[float]], list]:
     runs = client.search_runs([experiment.experiment_id])
     losses: dict[int, set[float]] = {}
     for run in runs:
-        for metric in client.get_metric_history(run.info.run_id, "loss"):
+        for metric in client.get_metric_history(run.info.run_id, "train/loss"):
             losses.setdefault(metric.step, set()).add(metric.value)
     return losses, runs
 

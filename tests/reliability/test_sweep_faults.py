@@ -124,9 +124,9 @@ def metric_steps(client, run_id: str, key: str) -> list[tuple[int, float]]:
 
 def assert_resumed_not_restarted(client, run, checkpoint_step: int) -> None:
     """The run picked training up at a checkpoint once, and never ran the steps before it twice."""
-    resumed = metric_steps(client, run.info.run_id, "resumed_from_step")
+    resumed = metric_steps(client, run.info.run_id, "train/resumed_from_step")
     assert len(resumed) == 1 and resumed[0][1] >= checkpoint_step > 0, resumed
-    loss_steps = [step for step, _ in metric_steps(client, run.info.run_id, "loss")]
+    loss_steps = [step for step, _ in metric_steps(client, run.info.run_id, "train/loss")]
     before = [step for step in loss_steps if step <= resumed[0][1]]
     assert before and len(before) == len(set(before)), loss_steps  # a restart from 0 would log these twice
     assert max(loss_steps) == 80 and run.info.status == "FINISHED"
@@ -154,7 +154,7 @@ def test_a_killed_trial_worker_is_retried_from_its_last_checkpoint(
 
     (run,) = sweep_child_runs(tmp_path, sweep_dir, overrides)  # the retry continued the same run
     assert_resumed_not_restarted(mlflow.tracking.MlflowClient(), run, checkpoint_step)
-    assert {"fd_esc", "esc_top1"} <= set(run.data.metrics)
+    assert {"eval/fd_esc", "eval/esc_top1"} <= set(run.data.metrics)
 
 
 def test_a_killed_sweep_driver_takes_its_services_down_and_resume_completes_it(

@@ -48,7 +48,7 @@ def test_server_outage_mid_run_loses_no_metric_and_no_token_leaks(tmp_path, trai
     assert len(runs) == 1, "the run was duplicated"
     run = runs[0]
     assert run.info.status == "FINISHED"
-    steps_logged = sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss"))
+    steps_logged = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
     assert steps_logged == list(range(1, 41)), "losses were lost or sent twice"
 
     # The token: not in params, tags, artifacts, local files or output; the redacted URI is recorded instead.
