@@ -173,6 +173,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         OmegaConf.structured(config)  # list elements' types are checked only here ([{}] passes to_object)
     except OmegaConfBaseException as error:
         raise UserError(_describe_omegaconf_error(error, path)) from None
+    if config.train.mixed_precision in ("False", "false"):  # YAML reads a bare `no` as false
+        config.train.mixed_precision = "no"
     validate(config)
     return config
 

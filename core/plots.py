@@ -53,9 +53,9 @@ def real_beside_generated(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = [("real (training clip)", real), ("generated", generated)] if real is not None else [
-        ("generated", generated)
-    ]
+    columns = (
+        [("real (training clip)", real), ("generated", generated)] if real is not None else [("generated", generated)]
+    )
     rows = len(names)
     figure, axes = plt.subplots(rows, len(columns), figsize=(4.2 * len(columns), 2.2 * rows + 0.6), squeeze=False)
     centres = librosa.mel_frequencies(n_mels=mel.n_mels, fmin=mel.f_min, fmax=mel.f_max or mel.sample_rate / 2)

@@ -266,6 +266,8 @@ def log_evaluation(
         for path in sorted(Path(artifacts_dir).iterdir()):
             if path.is_file() and not path.name.startswith("."):
                 run.log_artifact(path, "evaluation")
+        if (Path(artifacts_dir) / "clips").is_dir():  # a few scored clips per class (keep_scored_clips)
+            run.log_artifacts(Path(artifacts_dir) / "clips", "evaluation/clips")
 
 
 def _tag(key: str, value: str):
@@ -293,6 +295,7 @@ class EvaluationRequest:
     run_id: str = ""  # log here instead of the model's run
     new_run: bool = False  # a new run linked to the model's instead of the model's run itself
     generation: dict = field(default_factory=dict)  # GenerationRequest fields (per_class, steps, ...)
+    log_clips: int = 2  # scored clips per class kept in OUT/clips and logged (evaluation/clips), 0 = none
     options: EvalOptions = field(default_factory=EvalOptions)
 
 
@@ -341,24 +344,48 @@ def evaluate(request: EvaluationRequest, show_progress: bool = True) -> Evaluati
     tags = {**tags, "evaluation.clips": str(generated.resolve())}
     if REPRESENTATION not in scored and request.real_row:
         tags["evaluation.representation_ceiling"] = "not computed: the generated clips record no mel settings"
-    markdown = write_outputs(out, rows, scored[GENERATED], flat, request.json, tags)
+    markdown = write_outputs(out, rows, scored[GENERATED], flat, request.json, tags, scored.get(REAL))
+    keep_scored_clips(generated, scored[GENERATED], out / "clips", request.log_clips)
     print(markdown)
 
     run_id = ""
     if request.mlflow:
         run_id = _target_run(request, model_dir)
         log_evaluation(run_id, flat, out, tags=tags)
-        print(f"logged to MLflow run {run_id}")
+    print(f"evaluation: {out.resolve()} (table.md, table.csv, per_class.png, confusion_*.png, clips/)")
+    if run_id:
+        from core.tracking import where_to_look
+
+        print(where_to_look(run_id, "MLflow run (under evaluation/)"))
     return EvaluationOutcome(flat, rows, out, run_id, markdown)
 
 
+def keep_scored_clips(generated: Path, scored: ScoredSet, folder: Path, per_class: int) -> None:
+    """The first `per_class` scored clips of each evaluated class copied to `folder` (evaluation/clips in MLflow,
+    where the UI plays them): a few of the clips behind the numbers, to listen to beside the table."""
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    if per_class <= 0:
+        return
+    clips = read_manifest(generated)
+    evaluated = set(scored.targets.tolist())
+    chosen = clips[clips["target"].isin(evaluated)].groupby("target", sort=True).head(per_class)
+    for row in chosen.itertuples():  # `source`: the clip's path, inside the generated folder
+        target = folder / str(row.category) / Path(str(row.filename)).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(row.source, target)
+
+
 def write_outputs(
-    out: Path, rows: dict, generated: ScoredSet, flat: dict[str, float], json_path: str, tags: dict[str, str]
-) -> str:
-    """table.md (the protocol above the tables), table.csv, protocol.json, per-class files, confusion matrices."""
+    out: Path, rows: dict, generated: ScoredSet, flat: dict[str, float], json_path: str, tags: dict[str, str],
+    real: ScoredSet | None = None,
+) -> str:  # fmt: skip
+    """table.md (the protocol above the tables), table.csv, protocol.json, per-class files (generated beside real),
+    confusion matrices."""
     out.mkdir(parents=True, exist_ok=True)
     table.write_tables(rows, out, tags)
-    table.write_per_class(generated.per_class(), out)
+    table.write_per_class(generated.per_class(), out, real.per_class() if real is not None else None)
     for group, scores in generated.class_scores.items():
         title = f"{'CLAP zero-shot' if group == 'clap' else 'offline ESC scorer'}: generated clips"
         table.write_confusion(scores, generated.targets, out / f"confusion_{group}.png", title, generated.categories)
@@ -435,6 +462,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", default="", help="write {metric: value} here too")
     parser.add_argument("--out", default="", help="folder for tables and figures (outputs/evaluation/NAME)")
     parser.add_argument("--no-real-row", action="store_true", help="skip scoring the real held-out clips")
+    parser.add_argument(
+        "--log-clips", type=int, default=2,
+        help="scored clips per class kept in OUT/clips and logged to MLflow (default 2, 0 = none)",
+    )  # fmt: skip
     protocol = parser.add_argument_group("protocol")
     protocol.add_argument(
         "--allow-training-overlap", action="store_true",
@@ -492,7 +523,8 @@ def main(argv: list[str] | None = None) -> EvaluationOutcome:
     request = EvaluationRequest(
         generated=args.generated, model=args.model, reference=args.reference or DEFAULT_SOURCE,
         reference_folds=parse_folds(args.reference_folds), metrics=parse_metric_groups(args.metrics), out=args.out,
-        json=args.json, real_row=not args.no_real_row, cache_dir=args.cache_dir, mlflow=not args.no_mlflow,
+        json=args.json, real_row=not args.no_real_row, log_clips=args.log_clips, cache_dir=args.cache_dir,
+        mlflow=not args.no_mlflow,
         tracking_uri=args.tracking_uri, experiment=args.experiment, run_id=args.run_id, new_run=args.new_run,
         generation={"per_class": args.per_class, "steps": args.steps, "scheduler": args.scheduler, "seed": args.seed,
                     "guidance_scale": args.guidance_scale, **vocoder_choice(args.vocoder)},

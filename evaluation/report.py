@@ -70,7 +70,7 @@ def load_runs(experiment: str, parent_run_id: str | None = None, require_metrics
     runs = mlflow.search_runs(experiment_names=[experiment], filter_string=query, max_results=50000)
     # Metrics logged in sections (eval/fd_esc, ceiling/real_fd_esc) read as their plain names; older runs logged
     # the plain names themselves. Where a run has both, the sectioned value is the newer one.
-    renamed = {c: f"metrics.{plain_name(c[len('metrics.'):])}" for c in runs.columns if c.startswith("metrics.")}
+    renamed = {c: f"metrics.{plain_name(c[len('metrics.') :])}" for c in runs.columns if c.startswith("metrics.")}
     for column, plain in renamed.items():
         if column != plain:
             runs[plain] = runs[column].combine_first(runs[plain]) if plain in runs.columns else runs[column]

@@ -98,26 +98,39 @@ def write_tables(
     return written
 
 
-def write_per_class(per_class: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
-    """per_class.csv and per_class.png (top-1 accuracy of each class, one bar per classifier)."""
+def write_per_class(
+    per_class: pd.DataFrame, out_dir: str | os.PathLike, real: pd.DataFrame | None = None
+) -> list[Path]:
+    """per_class.csv and per_class.png: top-1 accuracy of each class, a bar per classifier; with `real` (the real
+    held-out clips' per-class table) the real clips' bar beside each (`real_<classifier>_top1` in the CSV)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out = Path(out_dir)
-    csv_path = write_text_atomic(out / "per_class.csv", per_class.to_csv(index=False))
     accuracy_columns = [c for c in per_class.columns if c.endswith("_top1")]
-    figure, axis = plt.subplots(figsize=(8, max(3.0, 0.2 * len(per_class))))
-    height = 0.8 / max(1, len(accuracy_columns))
+    if real is not None:
+        real_columns = real[["target"] + [c for c in accuracy_columns if c in real.columns]]
+        per_class = per_class.merge(real_columns.add_prefix("real_").rename(columns={"real_target": "target"}),
+                                    on="target", how="left")  # fmt: skip
+    csv_path = write_text_atomic(out / "per_class.csv", per_class.to_csv(index=False))
+    bars = [(column, column, None) for column in accuracy_columns]
+    if real is not None:  # generated and real of each classifier next to each other
+        bars = [bar for column in accuracy_columns
+                for bar in ((column, f"{column} (generated)", None), (f"real_{column}", f"{column} (real)", "//"))
+                if bar[0] in per_class.columns]  # fmt: skip
+    figure, axis = plt.subplots(figsize=(8, max(3.0, 0.2 * len(per_class) * max(1, len(bars) / 2))))
+    height = 0.8 / max(1, len(bars))
     positions = np.arange(len(per_class))
-    for i, column in enumerate(accuracy_columns):
-        axis.barh(positions + i * height, per_class[column], height=height, label=column)
-    axis.set_yticks(positions + height * (len(accuracy_columns) - 1) / 2, per_class["category"], fontsize=7)
+    for i, (column, label, hatch) in enumerate(bars):
+        axis.barh(positions + i * height, per_class[column].fillna(0.0), height=height, label=label, hatch=hatch,
+                  alpha=0.6 if hatch else 1.0)  # fmt: skip
+    axis.set_yticks(positions + height * (len(bars) - 1) / 2, per_class["category"], fontsize=7)
     axis.invert_yaxis()
     axis.set_xlim(0, 1)
     axis.set_xlabel("top-1 accuracy of the class's clips")
-    if accuracy_columns:
+    if bars:
         axis.legend(loc="lower right", fontsize=8)
     figure_path = out / "per_class.png"
     save_figure(figure, figure_path)

@@ -100,7 +100,13 @@ def test_cli_generates_scores_writes_tables_and_logs_to_the_models_run(
     assert run.data.tags["evaluation.reference"] == str(esc50_mini)
     assert run.data.tags["evaluation.reference_overlaps_training"] == "false"
     logged = {item.path for item in client.list_artifacts(run_id, "evaluation")}
-    assert {"evaluation/table.md", "evaluation/table.csv", "evaluation/confusion_esc.png"} <= logged
+    assert {"evaluation/table.md", "evaluation/table.csv", "evaluation/confusion_esc.png", "evaluation/per_class.png",
+            "evaluation/clips"} <= logged  # fmt: skip
+    # A few scored clips of each evaluated class, to listen to in the UI (one per class was generated here).
+    assert len(client.list_artifacts(run_id, "evaluation/clips")) == 36
+    assert per_class["real_esc_top1"].notna().all()  # the per-class bars: generated beside real
+    assert f"evaluation: {out.resolve()}" in printed and f"MLflow run (under evaluation/): {run_id}" in printed
+    assert f"-m mlflow ui --backend-store-uri {uri}" in printed
 
     # Again on the same clips, as a new run linked to the model's (the scorer comes from the cache): the same
     # settings reuse them, and say so.

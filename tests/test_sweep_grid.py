@@ -57,13 +57,15 @@ def test_tiny_grid_gives_eight_child_runs_under_one_parent_and_the_table(
         assert run.data.params["train.loss"] == run.data.tags["train.loss"]  # the trial trained what it is tagged
         assert {"eval/esc_top1", "eval/fd_esc", "train/loss"} <= set(run.data.metrics)
         # Each configuration's own ceilings, intervals and memorization share, under a protocol it records.
-        assert {"ceiling/real_fd_esc", "ceiling/repr_fd_esc", "eval/fd_esc_ci_low", "eval/memorization_esc"} <= set(run.data.metrics)
+        expected = {"ceiling/real_fd_esc", "ceiling/repr_fd_esc", "eval/fd_esc_ci_low", "eval/memorization_esc"}
+        assert expected <= set(run.data.metrics)
         assert run.data.tags["evaluation.reference_overlaps_training"] == "false"
         assert Path(run.data.tags["output_dir"]).parent == outcome.sweep_dir / "trials"
     parent = mlflow.get_run(outcome.parent_run_id)
     assert parent.info.status == "FINISHED" and json.loads(parent.data.tags["sweep.axes"]) == list(spec.grid)
 
-    assert {"ceiling/real_fd_esc", "ceiling/real_esc_top1"} <= set(parent.data.metrics)  # real held-out clips: the ceiling
+    # Real held-out clips: the ceiling.
+    assert {"ceiling/real_fd_esc", "ceiling/real_esc_top1"} <= set(parent.data.metrics)
     table = (outcome.report_dir / "report.csv").read_text().splitlines()
     assert len(table) == 1 + 8 + 1  # header, one row per configuration (1 seed each), the ceiling
     assert table[-1].startswith("real data (ceiling)")

@@ -214,3 +214,18 @@ def test_resume_continues_the_saved_config_and_the_run_says_where_it_is(
     artifacts = {f.path for f in client.list_artifacts(run_id, "samples/final")}
     assert {"samples/final/real_vs_generated.png", "samples/final/dog.wav"} <= artifacts
     assert (output / "samples" / "final" / "real_vs_generated.png").stat().st_size > 10_000
+
+
+def test_mixed_precision_comes_from_the_config_else_the_launcher_and_says_which(tiny_config, monkeypatch) -> None:
+    from training.train import mixed_precision
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    assert mixed_precision(tiny_config()) == (
+        "no",
+        "default (neither train.mixed_precision nor accelerate launch set it)",
+    )
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what `accelerate launch --mixed_precision bf16` sets
+    assert mixed_precision(tiny_config()) == ("bf16", "accelerate launch (train.mixed_precision is not set)")
+    assert mixed_precision(tiny_config("train.mixed_precision=no")) == (
+        "no", "train.mixed_precision, over accelerate launch's 'bf16'"
+    )  # fmt: skip

@@ -16,7 +16,11 @@ from core.vocoders import build_vocoder
 
 
 def write_class_samples(
-    model: DiffusionModel, classes: list[int], folder: str | os.PathLike, sample: SampleConfig, seed: int,
+    model: DiffusionModel,
+    classes: list[int],
+    folder: str | os.PathLike,
+    sample: SampleConfig,
+    seed: int,
     real: np.ndarray | None = None,
 ) -> Path:
     """<class>.wav per class, spectrograms.png (the generated grid) and, given `real` spectrograms of the same

@@ -86,7 +86,8 @@ def table_metrics(table: str) -> list[Metric]:
 __all__ = [
     "MAP_AT", "REAL_PREFIX", "REGISTRY", "REPRESENTATION_PREFIX", "ROW_PREFIXES", "RANKING_PREFIX", "RANK_SCORES",
     "SCORER_TABLE", "STUDY_TABLE", "TOP_K",
-    "CEILING_SECTION", "EVAL_SECTION", "Metric", "confusion_matrix", "logged_name", "plain_name", "diagnostic_metrics", "embedding_frechet_distance", "find_metric",
+    "CEILING_SECTION", "EVAL_SECTION", "Metric", "confusion_matrix", "logged_name", "plain_name",
+    "diagnostic_metrics", "embedding_frechet_distance", "find_metric",
     "frechet_distance", "gaussian_statistics", "lower_is_better", "mean_average_precision", "ranking_metrics",
     "summary_metrics", "table_metrics", "target_ranks", "topk_accuracy",
 ]  # fmt: skip
