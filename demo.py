@@ -8,7 +8,6 @@ weights are present), logs it all to MLflow and says how to look at it.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 import urllib.request
 import zipfile
@@ -90,10 +89,10 @@ def main(argv: list[str] | None = None) -> None:
             options=EvalOptions(optional_metrics=True),
         )
     )
-    print(f"tables, protocol and figures: {outcome.out_dir}")
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO / 'mlflow.db'}"
-    print(f"\nMLflow run {result.run_id}: open the UI with\n  .venv/bin/mlflow ui --backend-store-uri {uri}")
-    print("  then http://127.0.0.1:5000 -> experiment 'esc50-tiny' (samples: Artifacts -> samples/)")
+    from core.tracking import where_to_look
+
+    print(f"\ndemo done. output: {run_dir} (model/, samples/, generated/; tables and figures in {outcome.out_dir})")
+    print(where_to_look(result.run_id, "MLflow run (samples/, model/, evaluation/ with tables, figures and clips)"))
 
 
 if __name__ == "__main__":

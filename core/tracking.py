@@ -103,15 +103,16 @@ def store_for_ui(uri: str = "") -> str:
     return uri
 
 
-def where_to_look(run_id: str, label: str = "MLflow run") -> str:
-    """The last lines of a command: the run id, and how to open it (a UI command that works from any folder)."""
+def where_to_look(run_id: str, label: str = "MLflow run", uri: str = "") -> str:
+    """The last lines of a command: the run id, and how to open it (a UI command that works from any folder).
+    `uri`: the store the run is in (default: the current tracking URI)."""
     import sys
 
     import mlflow
 
-    uri = store_for_ui()
+    uri = store_for_ui(uri)
     try:
-        experiment_id = mlflow.tracking.MlflowClient().get_run(run_id).info.experiment_id
+        experiment_id = mlflow.tracking.MlflowClient(uri).get_run(run_id).info.experiment_id
     except Exception:
         experiment_id = ""
     if uri.startswith(("http://", "https://")):

@@ -72,3 +72,7 @@ def test_interrupted_sweep_resumes_only_the_missing_trials(tmp_path: Path, esc50
     assert sorted(keys) == sorted(after)  # one child run per trial, none duplicated by the interruption
     assert mlflow.get_run(parent_run_id).info.status == "FINISHED"
     assert (sweep_dir / "report" / "report.md").is_file()
+    # It ends with where the results are: the report, the parent run, a UI line that works from any folder.
+    assert f"report: {(sweep_dir / 'report' / 'report.md').resolve()}" in resumed.stdout
+    assert f"MLflow parent run: {parent_run_id}" in resumed.stdout
+    assert f"-m mlflow ui --backend-store-uri {store}" in resumed.stdout

@@ -10,6 +10,7 @@ Sampler, steps, guidance and Griffin-Lim iterations default to the model's own (
 from __future__ import annotations
 
 import argparse
+import json
 
 from core.diffusion.samplers import SAMPLE_CLIPS, SAMPLERS
 from core.errors import exit_on_user_error
@@ -56,7 +57,10 @@ def main(argv: list[str] | None = None) -> None:
         griffin_lim_momentum=args.griffin_lim_momentum, **vocoder_choice(args.vocoder),
     )  # fmt: skip
     manifest = generate(request)
-    print(f"clips and manifest: {manifest}")
+    print(f"clips: {manifest.parent.resolve()} ({manifest.name}, generation.json)")
+    run_id = json.loads((manifest.parent / "generation.json").read_text()).get("mlflow_run_id", "")
+    if run_id:
+        print(f"the model's MLflow run: {run_id}")
 
 
 if __name__ == "__main__":

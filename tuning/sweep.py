@@ -368,11 +368,16 @@ def main(argv: list[str] | None = None) -> int:
             overrides.append(f"sweep.{key}={getattr(args, key)}")
     if args.storage_path:
         overrides.append(f"sweep.storage_path={args.storage_path}")
+    from core.tracking import where_to_look
+
     spec = load_sweep(args.config, overrides)
     outcome = run_sweep(spec, address=args.address, resume=args.resume, num_cpus=args.num_cpus)
     early = f" ({outcome.stopped_early} more stopped early by ASHA)" if outcome.stopped_early else ""
     print(f"sweep {spec.settings.name}: {outcome.finished}/{outcome.total} trials finished{early}; parent MLflow run "
           f"{outcome.parent_run_id}; files in {outcome.sweep_dir}")  # fmt: skip
+    if outcome.report_dir is not None:
+        print(f"report: {(outcome.report_dir / 'report.md').resolve()}")
+    print(where_to_look(outcome.parent_run_id, "MLflow parent run", outcome.tracking_uri))
     if not outcome.complete:
         for line in outcome.errored:
             print(f"failed: {line}")
