@@ -59,7 +59,9 @@ def test_missing_audio_file_is_named(tmp_path, esc50_mini, run_training) -> None
     victim = sorted((source / "audio").iterdir())[2]
     victim.unlink()
     _assert_one_line_error(run_training(source), victim.name, "missing")
-    assert not (tmp_path / "run" / "model").exists()
+    assert not (tmp_path / "run").exists()  # checked before the folder is claimed: a corrected rerun may use it
+    _assert_one_line_error(run_training(tmp_path / "no-such-folder"), "no-such-folder")
+    assert not (tmp_path / "run").exists()
 
 
 def test_corrupt_audio_files_are_all_named_at_once(tmp_path, esc50_mini, run_training) -> None:

@@ -49,7 +49,9 @@ def test_generation_is_repeatable_with_a_seed(trained_tiny_model, tmp_path) -> N
     assert (first == again).all() and not (first == other).all()
 
 
-def test_clips_are_reused_only_for_the_same_weights_and_settings(trained_tiny_model, tmp_path, capsys) -> None:
+def test_clips_are_reused_only_for_the_same_weights_and_settings(
+    trained_tiny_model, tmp_path, capsys, monkeypatch
+) -> None:
     import shutil
 
     from safetensors.torch import load_file, save_file
@@ -58,8 +60,11 @@ def test_clips_are_reused_only_for_the_same_weights_and_settings(trained_tiny_mo
     shutil.copytree(trained_tiny_model / "model", model)
     request = GenerationRequest(model=str(model), out=str(tmp_path / "out"), per_class=1, classes=[3, 5], steps=2,
                                 griffin_lim_iters=2, seed=1)  # fmt: skip
+    monkeypatch.setenv("PROGRESS_LOG_SECONDS", "0")  # without a bar, a line at every update here
     generate(request, show_progress=False)
     first = soundfile.read(tmp_path / "out" / "cow" / "0.wav")[0]
+    # Progress moves per denoising step, not per batch of clips.
+    assert "generating 2 clips: 1/2 steps (50%)" in capsys.readouterr().err
     generate(request, show_progress=False)
     assert "reusing 2 clips in" in capsys.readouterr().out
 

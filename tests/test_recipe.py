@@ -155,7 +155,9 @@ def test_a_model_saved_by_the_previous_version_loads_and_samples_exactly_as_befo
     for key, spectrograms in expected.items():
         scheduler, scale = key.split("_")
         sampled = sample_spectrograms(model, [0, 7, 49], scheduler, steps=4, guidance_scale=float(scale), seed=3)
-        assert torch.equal(sampled, spectrograms), key
+        # Equal up to float rounding: CPU kernels differ between machines (up to 5e-6 seen on an AMD EPYC against
+        # the machine that saved them); any change of behaviour (clipping, schedule, seeding) moves them by far more.
+        torch.testing.assert_close(sampled, spectrograms, rtol=0, atol=1e-4, msg=key)
 
 
 def test_loading_refuses_a_unet_whose_size_is_not_what_the_mel_settings_make(tmp_path):
