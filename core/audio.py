@@ -38,6 +38,8 @@ def decode_audio(
     non-finite samples, pure silence.
     """
     name = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
+    if not isinstance(source, bytes):
+        _check_regular_file(source, name)
     decoded = _read_16_bit_flac(source)
     samples, native_rate = decoded if decoded is not None else _read_with_libsndfile(source, name)
     if samples.shape[0] == 0:
@@ -61,6 +63,28 @@ def decode_audio(
 
         mono = soxr.resample(mono, native_rate, sample_rate, quality="HQ").astype(np.float32, copy=False)
     return fix_length(mono, round(sample_rate * seconds))
+
+
+def _check_regular_file(path: str | os.PathLike, name: str) -> None:
+    """What a path that is not a readable file is, named (libsndfile says "System error." for all of them, and
+    opening a FIFO would block)."""
+    import errno
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise BadAudioError(f"audio file not found: {name}") from None
+    except OSError as error:
+        what = "is a symlink loop" if error.errno == errno.ELOOP else f"cannot be read ({error.strerror})"
+        raise BadAudioError(f"audio file {name} {what}") from None
+    if stat.S_ISDIR(mode):
+        raise BadAudioError(f"audio file {name} is a directory, not a file")
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise BadAudioError(f"audio file {name} is {kind}, not a regular file")
+    if not os.access(path, os.R_OK):
+        raise BadAudioError(f"audio file {name} cannot be read (permission denied)")
 
 
 def _read_with_libsndfile(source: str | os.PathLike | bytes, name: str) -> tuple[np.ndarray, int]:
@@ -134,11 +158,21 @@ def fix_length(samples: np.ndarray, length: int) -> np.ndarray:
 
 def write_wav_atomic(path: str | os.PathLike, samples: np.ndarray, sample_rate: int) -> None:
     """Write a 16-bit WAV under a temporary name, then rename: no half-written clip is ever seen."""
+    import uuid
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    soundfile.write(temporary, np.clip(samples, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
-    os.replace(temporary, path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")  # unique per writer
+    # Encoded in memory, written by Python: a full disk is an OSError naming its cause (ENOSPC), where
+    # libsndfile writing the file itself says only "System error.".
+    encoded = io.BytesIO()
+    soundfile.write(encoded, np.clip(samples, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+    try:
+        with open(temporary, "wb") as stream:
+            stream.write(encoded.getbuffer())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 LEVELS = ("peak", "fixed")  # data.level: each clip's own loudest bin is 0 dB, or one reference for every clip

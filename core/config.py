@@ -127,6 +127,9 @@ class TrackingConfig:
     run_name: str = ""
     # Empty: MLFLOW_TRACKING_URI if set, else MLflow's own default (./mlflow.db).
     tracking_uri: str = ""
+    # After training, every MLflow call together (metrics still queued, artifacts, the status) ends within
+    # this many seconds; what is not sent by then is kept in OUTPUT_DIR/mlflow_unsent.json to replay.
+    deadline_seconds: float = 300.0
 
 
 @dataclass

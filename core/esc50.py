@@ -138,7 +138,8 @@ def _read_folder(source: str) -> tuple[pd.DataFrame, list[Problem], str]:
     table["path"] = [str(audio_dir / str(name)) for name in table["filename"]]
     present = {p.name for p in audio_dir.iterdir()} if audio_dir.is_dir() else set()
     absent = [(line, str(name)) for line, name, path in zip(table["line"], table["filename"], table["path"])
-              if str(name) not in present and not os.path.isfile(path)]  # fmt: skip
+              if str(name) not in present and not os.path.lexists(path)]  # fmt: skip
+    # (a directory, FIFO or symlink loop under the name is present: decoding names what it is)
     unlisted = sorted(
         set(n for n in present if Path(n).suffix.lower() in AUDIO_SUFFIXES) - set(map(str, table["filename"]))
     )
@@ -206,18 +207,23 @@ def scan_table(table: pd.DataFrame, where: str) -> tuple[pd.DataFrame, list[Prob
     table = table.copy()
     table["line"] = np.arange(2, len(table) + 2)
     problems: list[Problem] = []
+    empty = table["filename"].isna() | (table["filename"].astype(str).str.strip() == "")
+    for line in table["line"][empty]:
+        problems.append(Problem(line, "", "column 'filename' is empty"))
     for column in ("fold", "target"):
         numeric = pd.to_numeric(table[column], errors="coerce")
-        bad = numeric.isna() | (numeric != numeric.round())
+        # Beyond 2**31 is no class or fold (99999999999999999999 would wrap around to a negative int64).
+        bad = numeric.isna() | (numeric != numeric.round()) | (numeric.abs() >= 2**31)
         for line, name, value in zip(table["line"][bad], table["filename"][bad], table[column][bad]):
             problems.append(Problem(line, str(name), f"column '{column}' is not an integer for {name} ({value!r})"))
         table[column] = numeric.where(~bad, -1).astype(int)
         for line, name, value in zip(table["line"][~bad & (numeric < 0)], table["filename"][~bad & (numeric < 0)],
                                      numeric[~bad & (numeric < 0)]):  # fmt: skip
             problems.append(Problem(line, str(name), f"column '{column}' is negative for {name} ({int(value)})"))
-    table["filename"] = table["filename"].astype(str)
+    table["filename"] = table["filename"].where(~empty, "").astype(str)
     table["category"] = table["category"].astype(str)
-    for filename, group in table[table["filename"].duplicated(keep=False)].groupby("filename"):
+    named = table[~empty]
+    for filename, group in named[named["filename"].duplicated(keep=False)].groupby("filename"):
         for line in group["line"].iloc[1:]:
             problems.append(
                 Problem(line, filename, f"{filename} is listed more than once (first on line {group['line'].iloc[0]})")
@@ -230,8 +236,13 @@ def scan_table(table: pd.DataFrame, where: str) -> tuple[pd.DataFrame, list[Prob
     return table, problems
 
 
+ESC50_FOLDS = range(1, 6)
+
+
 def _esc50_problems(table: pd.DataFrame) -> list[Problem]:
-    problems = []
+    problems = [Problem(line, name, f"fold {fold} of {name} is not one of ESC-50's folds 1..5")
+                for line, name, fold in zip(table["line"], table["filename"], table["fold"])
+                if fold >= 0 and fold not in ESC50_FOLDS]  # fmt: skip
     for line, name, target, category in zip(table["line"], table["filename"], table["target"], table["category"]):
         if not 0 <= target < NUM_CLASSES:
             problems.append(Problem(line, name, f"class target {target} of {name} is outside 0..{NUM_CLASSES - 1}"))

@@ -23,3 +23,45 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     finally:
         temporary.unlink(missing_ok=True)
     return path
+
+
+def lock_folder(folder: str | os.PathLike, lock_name: str, what: str):
+    """An exclusive lock on `folder` held by this process (`flock` on folder/lock_name, the pid written in it):
+    the open handle to keep, or None where locks do not exist or are not shared (Windows, some network file
+    systems). A folder another live process holds is refused, naming its pid and `what` it is.
+
+    The kernel drops a flock when its process dies, kill -9 included, so a crashed job never leaves it locked.
+    """
+    import logging
+
+    from core.errors import UserError
+
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / lock_name, "a+")
+    except OSError as error:
+        raise UserError(f"cannot write to {folder}: {error.strerror or error}") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "unknown"
+        handle.close()
+        raise UserError(
+            f"{folder} is in use by {what} (pid {owner}); wait for it to end or use another folder"
+        ) from None
+    except OSError as error:  # e.g. ENOLCK on a network file system without locking: go on unlocked
+        logging.getLogger(__name__).warning(
+            "cannot lock %s (%s); not guarding it against a concurrent job", folder, error
+        )
+        handle.close()
+        return None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle

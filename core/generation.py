@@ -23,7 +23,7 @@ import torch
 from core.audio import write_wav_atomic
 from core.diffusion.samplers import SAMPLE_CLIPS, SAMPLERS, sample_spectrograms
 from core.errors import UserError
-from core.files import write_text_atomic
+from core.files import lock_folder, write_text_atomic
 from core.progress import Progress
 from core.vocoders import build_vocoder
 
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 MANIFEST_COLUMNS = ("file", "target", "category")
 GENERATION_RECORD = "generation.json"  # beside the manifest: what made the clips
+GENERATION_LOCK = ".generating.lock"  # held while a process writes into the folder
 
 
 @dataclass
@@ -79,18 +80,21 @@ def generate(request: GenerationRequest, show_progress: bool = True, existing: s
         raise UserError("--steps and --griffin-lim-iters must be >= 1")
     out = Path(request.out)
     fingerprint = generation_fingerprint(model_folder, request, classes, model)
-    reused = reusable_clips(out, fingerprint)
-    if reused is not None:
-        return reused
-    clear_previous_clips(out, fingerprint, existing)
+    # One generation per folder at a time: two writers would mix their clips under one manifest.
+    lock = lock_folder(out, GENERATION_LOCK, "another generation")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"cannot create --out {out}: {error.strerror or error}") from None
-
-    rows = make_clips(model, request, classes, out, show_progress, device)
-    write_generation_record(out, request, model, fingerprint)
-    return write_manifest(out, rows)
+        reused = reusable_clips(out, fingerprint)
+        if reused is not None:
+            return reused
+        clear_previous_clips(out, fingerprint, existing)
+        rows = make_clips(model, request, classes, out, show_progress, device)
+        write_generation_record(out, request, model, fingerprint)
+        return write_manifest(out, rows)
+    except OSError as error:  # a full disk mid-way: nothing half-written stays (make_clips removed its clips)
+        raise UserError(f"cannot write the clips to {out}: {error.strerror or error}") from None
+    finally:
+        if lock is not None:
+            lock.close()
 
 
 def make_clips(
@@ -105,7 +109,19 @@ def make_clips(
         request.vocoder, model.mel, iterations=request.griffin_lim_iters, momentum=request.griffin_lim_momentum,
         path=request.vocoder_path, device=device,
     )  # fmt: skip
-    rows = []
+    rows: list[dict] = []
+    try:
+        _write_clips(model, request, vocoder, labels, out, show_progress, device, rows)
+    except BaseException:  # a failed or interrupted generation leaves none of its clips behind
+        for row in rows:
+            (out / row["file"]).unlink(missing_ok=True)
+        raise
+    return rows
+
+
+def _write_clips(
+    model, request, vocoder, labels: list[int], out: Path, show_progress: bool, device: str, rows: list
+) -> None:
     chunk = request.batch_size
     chunks = math.ceil(len(labels) / chunk)
     # Moves per denoising step (a batch of 32 clips can take minutes on a CPU); clips written so far beside it.
@@ -125,7 +141,6 @@ def make_clips(
                 write_wav_atomic(out / relative, clip, model.mel.sample_rate)
                 rows.append({"file": relative, "target": label, "category": category})
             progress.update(0, clips=start + len(chunk_labels))
-    return rows
 
 
 def model_digest(model_folder: Path) -> str:

@@ -36,6 +36,8 @@ def configure_tracking(tracking_uri: str = "", experiment: str = "", check_serve
     mlflow.set_tracking_uri(uri)
     if check_server and uri.startswith(("http://", "https://")):
         _check_server(uri)
+    if uri.startswith("sqlite:///"):
+        _check_writable_store(Path(uri.removeprefix("sqlite:///")))
     if experiment:
         try:
             if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(experiment) is None:
@@ -66,12 +68,34 @@ def _credentials_to_environment(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
 
 
+def _check_writable_store(database: Path) -> None:
+    """A SQLite store must take writes (the file, and its folder for SQLite's journal): a read-only one fails
+    here, in one line, not with a SQLAlchemy traceback when the first run is created after the data build."""
+    folder = database.resolve().parent
+    try:
+        if database.exists():
+            with open(database, "ab"):
+                pass
+        probe = folder / f".mlflow-write-check-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise UserError(
+            f"MLflow store sqlite:///{database} is not writable ({error.strerror or error}); "
+            "point tracking.tracking_uri at a store you can write"
+        ) from None
+
+
 def _check_server(uri: str, timeout: float = 5.0) -> None:
     import requests
+    from mlflow.tracking import MlflowClient
 
     try:
         response = requests.get(uri.rstrip("/") + "/health", timeout=timeout)
         response.raise_for_status()
+        # /health answers while the API may fail or stall: one real call, one quick try, a short timeout.
+        with fail_fast_requests(int(timeout)):
+            MlflowClient(uri).search_experiments(max_results=1)
     except Exception as error:
         raise UserError(
             f"MLflow tracking server {redact_uri(uri)} is not reachable ({_one_line(error)[:120]}); "
@@ -151,14 +175,22 @@ def fail_fast_requests(timeout_seconds: int = 5) -> Iterator[None]:
                 os.environ[name] = value
 
 
+UNSENT_FILE = "mlflow_unsent.json"  # beside a run's outputs: what could not be sent to its MLflow run
+
+
 class RunLogger:
     """Logs to one MLflow run; metrics that fail to send (server down) are kept and re-sent later.
 
     Training must not stop because the tracking server restarts, and no point of the loss curve
-    may be lost: failed batches wait in `pending` and go out, in order, with the next call.
+    may be lost: failed batches wait in `pending` and go out, in order, with the next call. Every call
+    makes one quick try per HTTP request (not MLflow's minutes of retries). After training, `start_deadline`
+    bounds all calls together: what is still unsent when it passes (metrics, artifacts, tags, the status) is
+    written to `unsent_file` by `save_unsent`, and `replay_unsent` sends it later (`python -m
+    training.replay_mlflow OUTPUT_DIR`; a `--resume` does it first).
     """
 
-    def __init__(self, run_id: str, retry_seconds: float = 0.0, retry_interval: float = 10.0):
+    def __init__(self, run_id: str, retry_seconds: float = 0.0, retry_interval: float = 10.0,
+                 unsent_file: str | os.PathLike | None = None):  # fmt: skip
         from mlflow.tracking import MlflowClient
 
         self.run_id = run_id
@@ -166,7 +198,20 @@ class RunLogger:
         self.pending: list[Any] = []
         self.retry_seconds = retry_seconds
         self.retry_interval = retry_interval  # after a failure, metrics only queue up for this long
+        self.logged_through = 0  # the last training step already in the run (a resumed job skips up to it)
+        self.unsent_file = Path(unsent_file) if unsent_file else None
+        self.unsent_artifacts: list[list] = []  # [local path, artifact path, is a folder]
+        self.unsent_tags: dict[str, str] = {}
+        self.unsent_status = ""
+        self.deadline: float | None = None  # time.monotonic() by which every further call must be done
         self._next_attempt = 0.0
+
+    def start_deadline(self, seconds: float) -> None:
+        """From now on all calls together take at most `seconds` (tracking.deadline_seconds)."""
+        self.deadline = time.monotonic() + seconds
+
+    def _left(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -175,18 +220,21 @@ class RunLogger:
         self.pending.extend(Metric(key, float(value), now, step) for key, value in metrics.items())
         if time.monotonic() < self._next_attempt:
             return  # the server failed recently: keep training, send everything with a later call
-        with fail_fast_requests():
-            sent = self.flush()
+        sent = self.flush()
         self._next_attempt = 0.0 if sent else time.monotonic() + self.retry_interval
 
     def flush(self, deadline_seconds: float | None = None) -> bool:
-        """Send what is pending; True when nothing is left. Retries until `deadline_seconds` pass."""
+        """Send what is pending; True when nothing is left. Retries until `deadline_seconds` pass (never past
+        the overall deadline)."""
         deadline = time.monotonic() + (deadline_seconds if deadline_seconds is not None else self.retry_seconds)
+        if self.deadline is not None:
+            deadline = min(deadline, self.deadline) if deadline_seconds is not None else self.deadline
         while self.pending:
             try:
-                while self.pending:  # MLflow's batch limit is 1000; drop each batch once sent, so none is sent twice
-                    self.client.log_batch(self.run_id, metrics=self.pending[:1000])
-                    del self.pending[:1000]
+                with fail_fast_requests():
+                    while self.pending:  # MLflow's batch limit is 1000; drop each batch once sent, so none twice
+                        self.client.log_batch(self.run_id, metrics=self.pending[:1000])
+                        del self.pending[:1000]
             except Exception as error:
                 if time.monotonic() >= deadline:
                     log.warning(
@@ -199,26 +247,109 @@ class RunLogger:
         return True
 
     def log_artifacts(self, local_dir: str | os.PathLike, artifact_path: str | None = None) -> None:
-        self._retrying(lambda: self.client.log_artifacts(self.run_id, str(local_dir), artifact_path))
+        if not self._retrying(lambda: self.client.log_artifacts(self.run_id, str(local_dir), artifact_path), 300):
+            self.unsent_artifacts.append([str(local_dir), artifact_path, True])
 
     def log_artifact(self, local_path: str | os.PathLike, artifact_path: str | None = None) -> None:
-        self._retrying(lambda: self.client.log_artifact(self.run_id, str(local_path), artifact_path))
+        if not self._retrying(lambda: self.client.log_artifact(self.run_id, str(local_path), artifact_path), 300):
+            self.unsent_artifacts.append([str(local_path), artifact_path, False])
 
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        self._retrying(lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
+        entities = [RunTag(k, str(v)) for k, v in tags.items()]
+        if not self._retrying(lambda: self.client.log_batch(self.run_id, tags=entities)):
+            self.unsent_tags.update({k: str(v) for k, v in tags.items()})
 
     def set_terminated(self, status: str) -> None:
-        self._retrying(lambda: self.client.set_terminated(self.run_id, status))
+        if self._retrying(lambda: self.client.set_terminated(self.run_id, status)):
+            self.unsent_status = ""
+        else:
+            self.unsent_status = status
 
-    def _retrying(self, action, attempts: int = 3) -> None:
+    def _retrying(self, action, timeout_seconds: int = 10, attempts: int = 3) -> bool:
+        """True once `action` succeeded; False after `attempts` failures or when the deadline has passed."""
+        error: Exception | None = None
         for attempt in range(attempts):
+            left = self._left()
+            if left is not None and left <= 0:
+                break
             try:
-                action()
-                return
-            except Exception as error:
-                if attempt == attempts - 1:
-                    log.warning("MLflow call failed after %d attempts: %s", attempts, _one_line(error)[:200])
-                else:
-                    time.sleep(2.0 * (attempt + 1))
+                timeout = int(min(timeout_seconds, left)) + 1 if left is not None else timeout_seconds
+                with fail_fast_requests(timeout):
+                    action()
+                return True
+            except Exception as failure:
+                error = failure
+                if attempt < attempts - 1:
+                    time.sleep(min(2.0 * (attempt + 1), max(self._left() or 2.0 * (attempt + 1), 0.0)))
+        reason = _one_line(error)[:200] if error else "the tracking deadline had passed"
+        log.warning("MLflow call failed (%s)", reason)
+        return False
+
+    def unsent(self) -> str:
+        """What is still unsent, in words ('' when nothing)."""
+        parts = []
+        if self.pending:
+            steps = sorted({m.step for m in self.pending})
+            parts.append(f"{len(self.pending)} metric values (steps {steps[0]}..{steps[-1]})")
+        if self.unsent_artifacts:
+            parts.append(f"{len(self.unsent_artifacts)} artifact upload(s)")
+        if self.unsent_tags:
+            parts.append(f"{len(self.unsent_tags)} tag(s)")
+        if self.unsent_status:
+            parts.append(f"the status {self.unsent_status}")
+        return ", ".join(parts)
+
+    def save_unsent(self) -> str:
+        """Write what is unsent to `unsent_file` (atomically; merged with what an earlier job left there) and
+        return a one-line warning naming it, or '' when everything was sent."""
+        import json
+
+        from core.files import write_text_atomic
+
+        what = self.unsent()
+        if not what or self.unsent_file is None:
+            return f"MLflow run {self.run_id}: not sent: {what}" if what else ""
+        earlier = json.loads(self.unsent_file.read_text()) if self.unsent_file.is_file() else {}
+        record = {
+            "run_id": self.run_id,
+            "metrics": earlier.get("metrics", []) + [[m.key, m.value, m.timestamp, m.step] for m in self.pending],
+            "artifacts": earlier.get("artifacts", []) + self.unsent_artifacts,
+            "tags": {**earlier.get("tags", {}), **self.unsent_tags},
+            "status": self.unsent_status or earlier.get("status", ""),
+        }
+        write_text_atomic(self.unsent_file, json.dumps(record))
+        return (f"MLflow run {self.run_id}: not sent before the deadline: {what}; kept in {self.unsent_file}, "
+                f"send it with: python -m training.replay_mlflow {self.unsent_file.parent}")  # fmt: skip
+
+
+def replay_unsent(unsent_file: str | os.PathLike) -> str:
+    """Send what `RunLogger.save_unsent` kept to its run, then remove the file; returns what was sent. Raises
+    UserError naming the file when the server still fails (the file stays, nothing is sent twice)."""
+    import json
+
+    from mlflow.entities import Metric
+
+    path = Path(unsent_file)
+    record = json.loads(path.read_text())
+    run = RunLogger(record["run_id"])
+    run.start_deadline(120)
+    run.pending = [Metric(key, value, timestamp, step) for key, value, timestamp, step in record["metrics"]]
+    sent = run.flush()
+    for local, artifact_path, is_folder in list(record["artifacts"]):
+        (run.log_artifacts if is_folder else run.log_artifact)(local, artifact_path)
+    if record["tags"]:
+        run.set_tags(record["tags"])
+    if record["status"]:
+        run.set_terminated(record["status"])
+    left = run.unsent()
+    if not sent or left:
+        run.unsent_file = path
+        path.unlink()  # rewritten with only what is still unsent
+        run.save_unsent()
+        raise UserError(f"MLflow run {record['run_id']}: still not sent: {left}; kept in {path}")
+    path.unlink()
+    status = f", the status {record['status']}" if record["status"] else ""
+    return (f"sent {len(record['metrics'])} metric values, {len(record['artifacts'])} artifact upload(s){status} "
+            f"to MLflow run {record['run_id']}")  # fmt: skip

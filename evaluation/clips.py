@@ -68,6 +68,12 @@ def read_manifest(generated_dir: str | os.PathLike) -> pd.DataFrame:
             f"{manifest}: category '{row['category']}' of {row['file']} does not match target {row['target']}"
             f" ('{categories[row['target']]}')"
         )
+    # Every clip must be a file inside the folder (resolved, symlinks followed): a manifest naming /etc/passwd, or
+    # real clips elsewhere passed off as generated (which would then beat the ceiling), is refused.
+    root = folder.resolve()
+    outside = [str(name) for name in table["file"] if not (folder / str(name)).resolve().is_relative_to(root)]
+    if outside:
+        raise UserError(f"{manifest}: {outside[0]} is not inside {folder} (every listed clip must be)")
     table["source"] = [str(folder / name) for name in table["file"]]
     absent = [name for name, path in zip(table["file"], table["source"]) if not os.path.isfile(path)]
     if absent:

@@ -47,8 +47,15 @@ def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     return [folder for _, folder in sorted(found)]
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, step: int, keep: int) -> Path:
-    """Every process calls this (each saves its own RNG state); the main process finalizes."""
+def save_checkpoint(
+    accelerator: Accelerator, output_dir: str | os.PathLike, step: int, keep: int, written: set[int] | None = None
+) -> Path:
+    """Every process calls this (each saves its own RNG state); the main process finalizes.
+
+    Pruning keeps the newest `keep` and removes only checkpoints this job wrote (`written`, the steps it saved,
+    updated here): one it did not write (a run resumed under another config, another job's) is never removed.
+    Without `written` (older callers) every old checkpoint beyond `keep` is pruned.
+    """
     root = checkpoint_root(output_dir)
     final = root / f"step_{step:06d}"
     staging = root / f".step_{step:06d}.partial"
@@ -66,8 +73,11 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, ste
             if final.exists():  # re-saving the same step after a resume
                 shutil.rmtree(final)
             os.replace(staging, final)
+            if written is not None:
+                written.add(step)
             for old in complete_checkpoints(output_dir)[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
+                if written is None or _step_of(old) in written:
+                    shutil.rmtree(old, ignore_errors=True)
     except Exception as error:  # a full disk surfaces as OSError, torch's RuntimeError or SafetensorError
         if accelerator.is_main_process:
             shutil.rmtree(staging, ignore_errors=True)
@@ -79,10 +89,22 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, ste
     return final
 
 
+def _step_of(folder: Path) -> int:
+    return int(_NAME.match(folder.name).group(1))
+
+
+# What torch and accelerate say when a checkpoint's tensors do not fit the model or optimizer being resumed.
+_MISMATCH = ("size mismatch", "Missing key", "Unexpected key", "doesn't match the size", "does not match",
+             "loaded state dict contains a parameter group", "shape")  # fmt: skip
+
+
 def load_latest_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, resume: str) -> int:
     """Load `resume` ('latest' or a checkpoint folder); returns the step reached, 0 if none exists.
 
-    With 'latest', a checkpoint that fails to load is skipped with a warning for the one before it.
+    With 'latest', a checkpoint that is damaged (a file missing, truncated or changed since it was written) is
+    skipped with a warning for the one before it. One that is intact but does not fit the model being resumed
+    (another architecture or optimizer) stops the job naming the mismatch: falling back to an older
+    checkpoint, or to step 0, would train something else into this run's folder.
     """
     if resume != "latest":
         folder = Path(resume)
@@ -94,13 +116,28 @@ def load_latest_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLi
     for folder in candidates:
         try:
             verify_checkpoint(folder)
-            accelerator.load_state(str(folder))
         except Exception as error:
             if resume != "latest":
                 raise UserError(f"cannot load checkpoint {folder}: {' '.join(str(error).split())[:200]}") from None
             log.warning("checkpoint %s is unreadable (%s); trying the one before", folder, str(error)[:200])
             continue
+        try:
+            accelerator.load_state(str(folder))
+        except Exception as error:
+            reason = " ".join(str(error).split())
+            if resume == "latest" and not any(sign in reason for sign in _MISMATCH):
+                log.warning("checkpoint %s is unreadable (%s); trying the one before", folder, reason[:200])
+                continue
+            raise UserError(
+                f"checkpoint {folder} does not fit the model being resumed ({reason[:240]}): the run's config.yaml "
+                "no longer describes it; nothing was changed"
+            ) from None
         return json.loads((folder / MARKER).read_text())["step"]
+    if candidates:
+        raise UserError(
+            f"no checkpoint of {output_dir} could be loaded (every one is damaged; see the warnings above): "
+            "nothing was changed; resume from a copy, or start a new run in another output_dir"
+        )
     return 0
 
 

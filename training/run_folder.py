@@ -10,7 +10,7 @@ from typing import IO
 
 from core.config import Config, flatten, load_config
 from core.errors import UserError
-from core.files import write_text_atomic
+from core.files import lock_folder, write_text_atomic
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".running.lock"
@@ -67,32 +67,11 @@ def lock_output_dir(output_dir: Path) -> None:
     if key in _held_locks:
         return
     try:
-        import fcntl
-    except ImportError:
-        return
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(output_dir / LOCK_FILE, "a+")
-    except OSError as error:
-        raise UserError(f"cannot write to output_dir {output_dir}: {error.strerror or error}") from None
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        owner = handle.read().strip() or "unknown"
-        handle.close()
-        raise UserError(
-            f"output_dir {output_dir} is in use by a running job (pid {owner}); "
-            "wait for it to end or stop it before resuming"
-        ) from None
-    except OSError as error:  # e.g. ENOLCK on a network file system without locking: go on unlocked
-        log.warning("cannot lock output_dir %s (%s); not guarding it against a concurrent resume", output_dir, error)
-        handle.close()
-        return
-    handle.truncate(0)
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    _held_locks[key] = handle
+        handle = lock_folder(output_dir, LOCK_FILE, "a running job")
+    except UserError as error:
+        raise UserError(f"output_dir {error}".replace(" or use another folder", " before resuming")) from None
+    if handle is not None:
+        _held_locks[key] = handle
 
 
 def unlock_output_dir(output_dir: Path) -> None:

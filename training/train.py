@@ -17,6 +17,8 @@ import json
 import logging
 import math
 import os
+import signal
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -51,8 +53,16 @@ from core.spectrograms import (
     training_clips,
     training_record,
 )
-from core.tracking import RunLogger, configure_tracking, git_commit, redact_uri, where_to_look
-from training.checkpoints import complete_checkpoints, load_latest_checkpoint, save_checkpoint
+from core.tracking import (
+    UNSENT_FILE,
+    RunLogger,
+    configure_tracking,
+    git_commit,
+    redact_uri,
+    replay_unsent,
+    where_to_look,
+)
+from training.checkpoints import MARKER, complete_checkpoints, load_latest_checkpoint, save_checkpoint
 from training.run_folder import (
     claim_output_dir,
     lock_output_dir,
@@ -62,6 +72,7 @@ from training.run_folder import (
     unlock_output_dir,
 )
 from training.samples import write_class_samples
+from training.signals import STOP
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +205,9 @@ def train(
     output_dir = Path(config.output_dir)
     changes: dict[str, tuple] = {}
     quick_eval = None
+    started: dict = {}  # train_in_folder puts the MLflow run here once it exists
+    if resume not in (None, "latest") and not (Path(resume) / MARKER).is_file():  # before any work
+        raise UserError(f"--resume {resume} is not a complete checkpoint folder (no {MARKER})")
     try:
         if accelerator.is_main_process:
             # An unreachable tracking server fails here, before the output folder is claimed or any work starts.
@@ -214,8 +228,16 @@ def train(
         accelerator.wait_for_everyone()
         return train_in_folder(
             accelerator, config, output_dir, resume, show_progress, parent_run_id, run_tags, stop_after_steps,
-            changes, quick_eval,
+            changes, quick_eval, started,
         )  # fmt: skip
+    except BaseException as error:  # the run this job started or continued never stays RUNNING
+        run = started.get("run")
+        if run is not None:
+            run.start_deadline(15)
+            run.flush()
+            run.set_terminated("KILLED" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "FAILED")
+            warn_unsent(run)
+        raise
     finally:
         unlock_output_dir(output_dir)  # on errors too: a sweep may retry this trial in another live process
 
@@ -231,6 +253,7 @@ def train_in_folder(
     stop_after_steps: int | None,
     changes: dict[str, tuple] | None = None,
     quick_eval=None,
+    started: dict | None = None,
 ) -> TrainResult:
     """The body of `train`, in a folder this process has claimed and locked: data, model, loop, model."""
     stream, loader, batches_per_epoch, data_record = build_data(config, accelerator)
@@ -262,9 +285,12 @@ def train_in_folder(
     accelerator.register_for_checkpointing(ema)
 
     step = load_latest_checkpoint(accelerator, output_dir, resume) if resume else 0
+    written: set[int] = set()  # the checkpoints this job saved: the only ones its pruning may remove
     if step > config.train.max_steps:
         raise UserError(f"train.max_steps {config.train.max_steps} is below step {step}, which the run has reached")
     run = start_run(config, output_dir, accelerator.is_main_process, parent_run_id, run_tags, data_record)
+    if started is not None:
+        started["run"] = run
     if run and not step and config.data.skip_bad:
         log_skipped_rows(run, data_record["skipped"], output_dir)
     if run and step:  # every resume leaves a mark in the run's history: where an interruption was picked up
@@ -284,6 +310,7 @@ def train_in_folder(
     window_start, window_samples = time.perf_counter(), 0
     last_step = min(config.train.max_steps, stop_after_steps or config.train.max_steps)
     model.train()
+    STOP.in_loop = True  # a signal now stops after the step, checkpointed; elsewhere it interrupts at once
     while step < last_step:
         stream.set_epoch(epoch)
         for batch in itertools.islice(loader, offset, batches_per_epoch):
@@ -320,7 +347,7 @@ def train_in_folder(
                 }
                 window_start, window_samples = time.perf_counter(), 0
                 progress.update(1, loss=mean_loss, samples_per_sec=metrics["train/samples_per_sec"])
-                if run:
+                if run and step > run.logged_through:  # a step replayed after a crash is in the run already
                     run.log_metrics(metrics, step)
             else:
                 progress.update(1)
@@ -329,11 +356,18 @@ def train_in_folder(
             if config.train.eval_every and step % config.train.eval_every == 0:
                 log_quick_eval(accelerator, model, ema, noise_scheduler, mel, config, categories, run, step, quick_eval)
             if step % config.train.checkpoint_every == 0:
-                save_checkpoint(accelerator, output_dir, step, config.train.checkpoints_keep)
+                save_checkpoint(accelerator, output_dir, step, config.train.checkpoints_keep, written)
+            if STOP.signal is not None and stop_agreed(accelerator):  # SIGTERM/SIGINT: like --stop-after-steps
+                last_step = step
             if step >= last_step:
                 break
         epoch, offset = epoch + 1, 0
+    STOP.in_loop = False
     progress.close()
+    # The last step is checkpointed before the model is saved (checkpoint_every need not divide max_steps):
+    # a failure below, or a stop here, then loses no step.
+    if not any(folder.name == f"step_{step:06d}" for folder in complete_checkpoints(output_dir)):
+        save_checkpoint(accelerator, output_dir, step, config.train.checkpoints_keep, written)
 
     # The EMA weights are the model: save them in diffusers format with the mel settings beside
     # (when stopping early too: a model as of this step, to sample from and score).
@@ -344,31 +378,62 @@ def train_in_folder(
             diffusion = as_diffusion_model(
                 final, noise_scheduler, mel, config, categories, run.run_id if run else "", data_record
             )
-            diffusion.save(model_dir)
+            save_model(diffusion, model_dir, step)
             if step == config.train.max_steps:
                 samples = output_dir / "samples" / "final"
                 classes = list(config.train.sample_classes)
                 real = real_examples(stream.table, classes)
                 write_class_samples(diffusion, classes, samples, config.sample, sample_seed(config), real)
-    if step < config.train.max_steps:  # stopped early on request: checkpoint, then hand back
-        return stop_early(accelerator, output_dir, step, config, run, losses)
+    if step < config.train.max_steps:  # stopped early on request (checkpointed above): hand back
+        return stop_early(accelerator, output_dir, step, run, losses)
     if accelerator.is_main_process:
-        if run:
+        if run:  # a tracking server failing now delays the end by tracking.deadline_seconds at most
+            run.start_deadline(config.tracking.deadline_seconds)
+            run.flush()
             run.log_artifacts(output_dir / "samples" / "final", "samples/final")
             run.log_artifacts(model_dir, "model")
-            run.flush(deadline_seconds=300)
             run.set_terminated("FINISHED")
+            warn_unsent(run)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(output_dir, model_dir, run.run_id if run else "", step, losses)
 
 
-def stop_early(accelerator: Accelerator, output_dir: Path, step: int, config: Config, run, losses) -> TrainResult:
-    if not any(folder.name == f"step_{step:06d}" for folder in complete_checkpoints(output_dir)):
-        save_checkpoint(accelerator, output_dir, step, config.train.checkpoints_keep)  # not already saved
+def stop_agreed(accelerator: Accelerator) -> bool:
+    """Every process stops at the same step (a signal may reach one of them only): any one's request counts."""
+    if accelerator.num_processes == 1:
+        return True
+    flag = torch.tensor([1.0 if STOP.signal is not None else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+
+def save_model(diffusion: DiffusionModel, model_dir: Path, step: int) -> None:
+    """The model folder written whole or not at all (a full disk leaves the previous one as it was)."""
+    try:
+        diffusion.save(model_dir)
+    except Exception as error:  # OSError, or safetensors' SafetensorError wrapping one (disk full: code 28)
+        reason = getattr(error, "strerror", None) or " ".join(str(error).split())[:200] or type(error).__name__
+        if "code: 28" in reason or "StorageFull" in reason:
+            reason = "No space left on device"
+        raise UserError(  # `train` ends the run FAILED
+            f"cannot write the model to {model_dir} ({reason}); step {step} is checkpointed: make room and run "
+            "--resume latest to save it"
+        ) from None
+
+
+def warn_unsent(run: RunLogger) -> None:
+    """What the tracking server did not take, kept beside the run and named in one warning line."""
+    warning = run.save_unsent()
+    if warning:
+        log.warning("%s", warning)
+
+
+def stop_early(accelerator: Accelerator, output_dir: Path, step: int, run, losses) -> TrainResult:
     if run:
-        run.flush(deadline_seconds=60)
+        run.start_deadline(60)
+        run.flush()
         run.set_terminated("KILLED")  # resumable: `--resume latest` sets it RUNNING again
+        warn_unsent(run)
     accelerator.end_training()
     return TrainResult(output_dir, output_dir / "model", run.run_id if run else "", step, losses)
 
@@ -450,7 +515,7 @@ def log_quick_eval(accelerator, model, ema, noise_scheduler, mel, config: Config
             metrics = quick_eval(as_diffusion_model(unet, noise_scheduler, mel, config, categories, ""), step)
             unet.train()
         log.info("step %d quick evaluation: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())))
-        if run:
+        if run and step > run.logged_through:
             run.log_metrics(metrics, step)
     accelerator.wait_for_everyone()
 
@@ -483,10 +548,17 @@ def start_run(
 
     client = mlflow.tracking.MlflowClient()  # `train` has pointed MLflow at the store and experiment
     record = output_dir / "run.json"
+    unsent = output_dir / UNSENT_FILE
     if record.is_file():  # a resumed job continues its own run
         run_id = json.loads(record.read_text())["mlflow_run_id"]
+        if unsent.is_file():  # what an earlier job could not send goes first, in order
+            log.info("%s", replay_unsent(unsent))
         client.update_run(run_id, status="RUNNING")
-        return RunLogger(run_id)
+        logger = RunLogger(run_id, unsent_file=unsent)
+        # Steps trained after the last checkpoint of a crashed job were logged; replayed, they are not again.
+        history = client.get_metric_history(run_id, "train/loss")
+        logger.logged_through = max((metric.step for metric in history), default=0)
+        return logger
     name = run_name(config, output_dir)
     tags = resolve_tags()  # MLflow's own context: mlflow.source.name/type/git.commit, mlflow.user
     tags.setdefault("mlflow.source.git.commit", git_commit())
@@ -509,7 +581,7 @@ def start_run(
     if data_record:
         log_training_data(client, run_id, config, data_record)
     write_text_atomic(record, json.dumps({"mlflow_run_id": run_id}))
-    return RunLogger(run_id)
+    return RunLogger(run_id, unsent_file=unsent)
 
 
 def log_training_data(client, run_id: str, config: Config, data_record: dict) -> None:
@@ -566,6 +638,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    STOP.install()
+    try:
+        run_command(args)
+    except KeyboardInterrupt:
+        STOP.in_loop = False
+        print(f"interrupted ({STOP.name or 'SIGINT'}) outside the training loop: stopped at once; the newest "
+              "checkpoint is kept (--resume latest continues from it)", file=sys.stderr, flush=True)  # fmt: skip
+        raise SystemExit(128 + (STOP.signal or signal.SIGINT)) from None
+
+
+def run_command(args: argparse.Namespace) -> None:
     overrides = split_overrides(args.overrides)
     config = load_config(args.config, overrides)
     if args.resume:  # the run continues as it was started: its saved config, with only safe keys changed
@@ -576,11 +659,14 @@ def main(argv: list[str] | None = None) -> None:
         config, resume=args.resume, show_progress=not args.no_progress, stop_after_steps=args.stop_after_steps
     )
     if result.step < config.train.max_steps:
-        print(f"stopped early at step {result.step} of {config.train.max_steps} (--stop-after-steps); continue with:\n"
+        why = STOP.name or "--stop-after-steps"
+        print(f"stopped early at step {result.step} of {config.train.max_steps} ({why}); continue with:\n"
               f"  python -m training.train output_dir={result.output_dir} --resume latest")  # fmt: skip
     print(f"output: {result.output_dir.resolve()} (model: {result.model_dir.resolve()})")
     if result.run_id:
         print(where_to_look(result.run_id))
+    if STOP.signal is not None:
+        raise SystemExit(128 + STOP.signal)  # stopped by a signal: its conventional exit status
 
 
 # Keys that say where, not what: left out of the run's name.

@@ -15,8 +15,11 @@ schedule), so a folder put together by hand fails with its reason instead of sam
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -105,6 +108,10 @@ class DiffusionModel:
             )
         try:
             manifest = json.loads(manifest_path.read_text())
+        except (OSError, ValueError) as error:
+            raise UserError(f"model {folder}: {MODEL_MANIFEST} is not readable JSON ({error})") from None
+        check_manifest(manifest, manifest_path)  # before anything is loaded or allocated from it
+        try:
             unet = UNet2DModel.from_pretrained(folder / "unet", use_safetensors=True)
             schedule = dict(DDPMScheduler.from_pretrained(folder / "scheduler").config)
         except Exception as error:
@@ -147,6 +154,58 @@ class DiffusionModel:
                 f"{' and a null class' if self.null_class is not None else ''} but the UNet has {embeddings} "
                 "class embeddings"
             )
+
+
+# What a model folder's audio.json may say: it comes with downloaded models (`runs:/...`), so nothing in it is
+# trusted. Class names become file names (OUT/<class>/<n>.wav): no separators, no leading dot, no control
+# characters. Mel settings are bounded (`resolution=2**20` or `clip_seconds=1e7` would allocate terabytes).
+_MEL_BOUNDS = {"sample_rate": (1000, 384_000), "clip_seconds": (0.1, 600.0), "resolution": (2, 4096),
+               "n_fft": (0, 65_536), "top_db": (1.0, 300.0), "mel_bins": (0, 4096), "frames": (0, 16_384),
+               "hop": (0, 1_000_000), "f_min": (0.0, 192_000.0), "f_max": (0.0, 192_000.0)}  # fmt: skip
+_UNSAFE_NAME = re.compile(r"[/\\\x00-\x1f\x7f]|^\.|^$")
+
+
+def check_manifest(manifest, path: Path) -> None:
+    """audio.json's types, lengths and ranges, each problem named (exit 2) before any of it is used."""
+    from core.audio import LEVELS, SCALES
+
+    def fail(key: str, problem: str) -> None:
+        raise UserError(f"{path}: '{key}' {problem}")
+
+    if not isinstance(manifest, dict):
+        fail("(top level)", "is not a JSON object")
+    for key, kind in (("mel", dict), ("normalize", bool), ("categories", list)):
+        if not isinstance(manifest.get(key), kind):
+            fail(key, f"is missing or not a {kind.__name__} (it is {type(manifest.get(key)).__name__})")
+    mel = manifest["mel"]
+    fields = {f.name for f in dataclasses.fields(MelSettings)}
+    unknown = sorted(set(mel) - fields)
+    if unknown:
+        fail(f"mel.{unknown[0]}", f"is not a mel setting (those are {', '.join(sorted(fields))})")
+    for key, (low, high) in _MEL_BOUNDS.items():
+        value = mel.get(key, low)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            fail(f"mel.{key}", f"is not a finite number: {value!r}")
+        if not low <= value <= high:
+            fail(f"mel.{key}", f"is {value}, outside {low}..{high}")
+    for key, allowed in (("level", LEVELS), ("scale", SCALES)):
+        if mel.get(key, allowed[0]) not in allowed:
+            fail(f"mel.{key}", f"is {mel.get(key)!r}, not one of {', '.join(allowed)}")
+    categories = manifest["categories"]
+    if not categories or len(categories) > 10_000:
+        fail("categories", f"holds {len(categories)} names (1 to 10,000)")
+    for index, name in enumerate(categories):
+        if not isinstance(name, str) or len(name) > 200 or _UNSAFE_NAME.search(name) or name in ("..", "."):
+            fail(f"categories[{index}]", f"{name!r} is not a class name a file may carry (no /, \\, leading dot "
+                 "or control characters, at most 200 characters)")  # fmt: skip
+    if len(set(categories)) != len(categories):
+        fail("categories", "names a class twice")
+    null = manifest.get("null_class")
+    if null is not None and (isinstance(null, bool) or not isinstance(null, int) or not 0 <= null <= len(categories)):
+        fail("null_class", f"is {null!r}, not a class index or null")
+    for key in ("sampling", "recipe", "training"):
+        if manifest.get(key) is not None and not isinstance(manifest[key], dict):
+            fail(key, "is not a JSON object")
 
 
 def resolve_model_folder(model: str) -> Path:
