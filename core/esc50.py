@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -275,6 +276,15 @@ def _class_set_problems(table: pd.DataFrame) -> list[Problem]:
     if gaps:
         problems.append(Problem(0, "", f"class targets must be 0..{max(targets)} without gaps: none is {gaps[:10]}"))
     return problems
+
+
+# Class names become folder names of generated clips (OUT/<class>/<n>.wav): none may leave the folder.
+_UNSAFE_NAME = re.compile(r"[/\\\x00-\x1f\x7f]|^\.|^$")
+
+
+def unsafe_class_name(name: object) -> bool:
+    """A class name no file may carry: not a string, a separator, a leading dot, control characters, > 200 long."""
+    return not isinstance(name, str) or len(name) > 200 or bool(_UNSAFE_NAME.search(name)) or name in ("..", ".")
 
 
 def class_names(table: pd.DataFrame) -> list[str]:

@@ -43,25 +43,27 @@ def lock_folder(folder: str | os.PathLike, lock_name: str, what: str):
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        handle = open(folder / lock_name, "a+")
+        # lock_name "": the folder itself is locked (no file is left in it); else a file in it, holding the pid.
+        handle = open(folder / lock_name, "a+") if lock_name else open(folder)
     except OSError as error:
         raise UserError(f"cannot write to {folder}: {error.strerror or error}") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        handle.seek(0)
-        owner = handle.read().strip() or "unknown"
+        owner = ""
+        if lock_name:
+            handle.seek(0)
+            owner = f" (pid {handle.read().strip() or 'unknown'})"
         handle.close()
-        raise UserError(
-            f"{folder} is in use by {what} (pid {owner}); wait for it to end or use another folder"
-        ) from None
+        raise UserError(f"{folder} is in use by {what}{owner}; wait for it to end or use another folder") from None
     except OSError as error:  # e.g. ENOLCK on a network file system without locking: go on unlocked
         logging.getLogger(__name__).warning(
             "cannot lock %s (%s); not guarding it against a concurrent job", folder, error
         )
         handle.close()
         return None
-    handle.truncate(0)
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
+    if lock_name:
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
     return handle

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 MANIFEST_COLUMNS = ("file", "target", "category")
 GENERATION_RECORD = "generation.json"  # beside the manifest: what made the clips
-GENERATION_LOCK = ".generating.lock"  # held while a process writes into the folder
+GENERATION_LOCK = ""  # the folder itself is flock'ed while a process writes into it (no lock file left there)
 
 
 @dataclass
@@ -88,8 +88,14 @@ def generate(request: GenerationRequest, show_progress: bool = True, existing: s
             return reused
         clear_previous_clips(out, fingerprint, existing)
         rows = make_clips(model, request, classes, out, show_progress, device)
-        write_generation_record(out, request, model, fingerprint)
-        return write_manifest(out, rows)
+        try:
+            write_generation_record(out, request, model, fingerprint)
+            return write_manifest(out, rows)
+        except BaseException:  # no record or manifest: then no clips either
+            for row in rows:
+                (out / row["file"]).unlink(missing_ok=True)
+            (out / GENERATION_RECORD).unlink(missing_ok=True)
+            raise
     except OSError as error:  # a full disk mid-way: nothing half-written stays (make_clips removed its clips)
         raise UserError(f"cannot write the clips to {out}: {error.strerror or error}") from None
     finally:

@@ -23,7 +23,9 @@ def redact_uri(uri: str) -> str:
     return re.sub(r"(token|password|secret)=[^&]+", r"\1=***", redact_text(uri), flags=re.IGNORECASE)
 
 
-def configure_tracking(tracking_uri: str = "", experiment: str = "", check_server: bool = True) -> str:
+def configure_tracking(
+    tracking_uri: str = "", experiment: str = "", check_server: bool = True, will_write: bool = True
+) -> str:
     """Point MLflow at `tracking_uri` (else MLFLOW_TRACKING_URI, else MLflow's default) and the experiment.
 
     A server that does not answer fails here, before any work, rather than after an hour of training.
@@ -36,7 +38,7 @@ def configure_tracking(tracking_uri: str = "", experiment: str = "", check_serve
     mlflow.set_tracking_uri(uri)
     if check_server and uri.startswith(("http://", "https://")):
         _check_server(uri)
-    if uri.startswith("sqlite:///"):
+    if will_write and uri.startswith("sqlite:///"):
         _check_writable_store(Path(uri.removeprefix("sqlite:///")))
     if experiment:
         try:
@@ -136,7 +138,8 @@ def where_to_look(run_id: str, label: str = "MLflow run", uri: str = "") -> str:
 
     uri = store_for_ui(uri)
     try:
-        experiment_id = mlflow.tracking.MlflowClient(uri).get_run(run_id).info.experiment_id
+        with fail_fast_requests(5):  # a failing server must not hold the last line for minutes
+            experiment_id = mlflow.tracking.MlflowClient(uri).get_run(run_id).info.experiment_id
     except Exception:
         experiment_id = ""
     if uri.startswith(("http://", "https://")):
@@ -160,8 +163,8 @@ def git_commit() -> str:
 @contextlib.contextmanager
 def fail_fast_requests(timeout_seconds: int = 5) -> Iterator[None]:
     """One quick try per MLflow HTTP call instead of the client's default (7 retries with backoff,
-    minutes against a stopped server): in the training loop a failed call costs nothing, since
-    `RunLogger` keeps the metrics and sends them later. The final flush uses MLflow's defaults."""
+    minutes against a stopped server): a failed call costs nothing, since `RunLogger` keeps what it could not
+    send and retries it, within its deadline after training."""
     names = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_seconds)}
     saved = {name: os.environ.get(name) for name in names}
     os.environ.update(names)
@@ -248,11 +251,11 @@ class RunLogger:
 
     def log_artifacts(self, local_dir: str | os.PathLike, artifact_path: str | None = None) -> None:
         if not self._retrying(lambda: self.client.log_artifacts(self.run_id, str(local_dir), artifact_path), 300):
-            self.unsent_artifacts.append([str(local_dir), artifact_path, True])
+            self.unsent_artifacts.append([str(Path(local_dir).resolve()), artifact_path, True])
 
     def log_artifact(self, local_path: str | os.PathLike, artifact_path: str | None = None) -> None:
         if not self._retrying(lambda: self.client.log_artifact(self.run_id, str(local_path), artifact_path), 300):
-            self.unsent_artifacts.append([str(local_path), artifact_path, False])
+            self.unsent_artifacts.append([str(Path(local_path).resolve()), artifact_path, False])
 
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag

@@ -71,7 +71,14 @@ def read_manifest(generated_dir: str | os.PathLike) -> pd.DataFrame:
     # Every clip must be a file inside the folder (resolved, symlinks followed): a manifest naming /etc/passwd, or
     # real clips elsewhere passed off as generated (which would then beat the ceiling), is refused.
     root = folder.resolve()
-    outside = [str(name) for name in table["file"] if not (folder / str(name)).resolve().is_relative_to(root)]
+
+    def inside(name: str) -> bool:
+        try:
+            return (folder / name).resolve().is_relative_to(root)
+        except (OSError, RuntimeError):  # a symlink loop: not a clip
+            return False
+
+    outside = [str(name) for name in table["file"] if not inside(str(name))]
     if outside:
         raise UserError(f"{manifest}: {outside[0]} is not inside {folder} (every listed clip must be)")
     table["source"] = [str(folder / name) for name in table["file"]]

@@ -410,7 +410,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    configure_tracking(args.tracking_uri)
+    configure_tracking(args.tracking_uri, will_write=args.log_to_parent)
     out = Path(args.out or Path("outputs") / "reports" / args.experiment)
     files = write_report(args.experiment, out, args.parent, args.baseline)
     if args.log_to_parent and args.parent:

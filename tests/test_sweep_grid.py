@@ -61,16 +61,6 @@ def test_tiny_grid_gives_eight_child_runs_under_one_parent_and_the_table(
         assert expected <= set(run.data.metrics)
         assert run.data.tags["evaluation.reference_overlaps_training"] == "false"
         assert Path(run.data.tags["output_dir"]).parent == outcome.sweep_dir / "trials"
-    # What evaluate gives a model's run: tables, figures, a scored clip of each class (checked on one run).
-    logged = {
-        item.path for item in mlflow.tracking.MlflowClient().list_artifacts(children[0].info.run_id, "evaluation")
-    }
-    assert {
-        "evaluation/table.md",
-        "evaluation/per_class.png",
-        "evaluation/confusion_esc.png",
-        "evaluation/clips",
-    } <= logged
     parent = mlflow.get_run(outcome.parent_run_id)
     assert parent.info.status == "FINISHED" and json.loads(parent.data.tags["sweep.axes"]) == list(spec.grid)
 

@@ -58,4 +58,5 @@ class QuickEvaluation:
         (folder / "generation.json").write_text(json.dumps({"categories": diffusion.categories}))
         # Scored as generated clips: never from the real clips' prediction cache, and with the memorization share.
         scored = self.evaluator.score(read_manifest(folder), desc="quick evaluation", generated=True)
+        shutil.rmtree(folder, ignore_errors=True)  # scored: a long run would pile up gigabytes of them
         return {SECTION + name: value for name, value in scored.metrics.items() if not name.endswith("_inf")}

@@ -30,8 +30,9 @@ def claim_output_dir(output_dir: Path, config_yaml: str, resuming: bool) -> None
             "pass --resume latest to continue it, or choose another output_dir"
         )
     try:
-        if resuming:
-            write_text_atomic(config_file, config_yaml)
+        if resuming:  # a run's config.yaml is rewritten by training once its checkpoint has loaded
+            if not config_file.exists():
+                write_text_atomic(config_file, config_yaml)
         else:
             output_dir.mkdir(parents=True, exist_ok=True)
             temporary = output_dir / f".config.yaml.{os.getpid()}.tmp"
@@ -87,8 +88,11 @@ def unlock_output_dir(output_dir: Path) -> None:
 RESUME_SAFE_KEYS = (
     "train.max_steps", "train.log_every", "train.checkpoint_every", "train.checkpoints_keep", "train.sample_every",
     "train.sample_classes", "train.eval_every", "train.eval_per_class", "train.dataloader_workers",
+    # where caches are and how hard to work on them (another node's paths), how long MLflow may take at the end
+    "data.cache_dir", "data.preprocess_workers", "train.eval_cache_dir", "tracking.deadline_seconds",
 )  # fmt: skip
-# Where the run is, not what it is: always this command's (the saved tracking URI has its credentials redacted).
+# Where the run is, not what it is: the saved tracking URI unless the command gives one (or the saved one had its
+# credentials redacted: then this command's, or $MLFLOW_TRACKING_URI); output_dir is the command's.
 RESUME_LOCATION_KEYS = ("output_dir", "tracking.tracking_uri")
 _NOT_WORTH_SAYING = ("tracking.run_name",)  # named from the first command line; a resume keeps it
 
@@ -124,10 +128,13 @@ def resumed_config(config: Config, overrides: list[str], config_file: str | None
     if saved is None:
         return config  # nothing was started there yet: a resume of nothing is a new run
     resumed = load_config(output_dir / "config.yaml", overrides)
-    tracking = dataclasses.replace(resumed.tracking, tracking_uri=config.tracking.tracking_uri)
+    given = {item.split("=", 1)[0] for item in overrides}
+    uri = resumed.tracking.tracking_uri
+    if "tracking.tracking_uri" in given or "***" in uri:
+        uri = config.tracking.tracking_uri
+    tracking = dataclasses.replace(resumed.tracking, tracking_uri=uri)
     resumed = dataclasses.replace(resumed, output_dir=config.output_dir, tracking=tracking)
     if config_file:
-        given = {item.split("=", 1)[0] for item in overrides}
         kept = flatten(resumed)
         ignored = [key for key, value in flatten(config).items()
                    if key not in given and key not in RESUME_LOCATION_KEYS + _NOT_WORTH_SAYING

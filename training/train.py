@@ -40,6 +40,7 @@ from core.diffusion.model import DiffusionModel
 from core.diffusion.network import build_unet
 from core.diffusion.schedules import noise_schedule
 from core.errors import UserError, exit_on_user_error
+from core.esc50 import unsafe_class_name
 from core.files import write_text_atomic
 from core.progress import Progress
 from core.spectrograms import (
@@ -147,6 +148,12 @@ def check_data(config: Config, show_progress: bool = True) -> list[str]:
     rows left out with data.skip_bad) and cached, and the class set it defines; returns the class names."""
     build_spectrogram_cache(config.data, show_progress=show_progress)  # the long first pass: with its bar
     categories = data_classes(config.data)
+    unsafe = [name for name in categories if unsafe_class_name(name)]
+    if unsafe:  # the model would be refused at load, and its clips' folders named by it
+        raise UserError(
+            f"data.source {config.data.source}: class name {unsafe[0]!r} cannot name a folder of generated clips "
+            "(no /, \\, leading dot or control characters); rename it in esc50.csv's category column"
+        )
     beyond = [c for c in config.train.sample_classes if c >= len(categories)]
     if beyond:  # listening samples only (no result depends on them): sample what exists, and say so
         fitting = [c for c in config.train.sample_classes if c < len(categories)] or list(
@@ -201,6 +208,8 @@ def train(
     `--resume latest` continues where it stopped.
     """
     accelerator = make_accelerator(config)
+    # Recorded as resolved (config.yaml, params): a resume under another launcher keeps the precision.
+    config.train.mixed_precision = str(accelerator.mixed_precision)
     set_seed(config.seed)
     output_dir = Path(config.output_dir)
     changes: dict[str, tuple] = {}
@@ -213,16 +222,16 @@ def train(
             # An unreachable tracking server fails here, before the output folder is claimed or any work starts.
             configure_tracking(config.tracking.tracking_uri, config.tracking.experiment)
             categories = check_data(config, show_progress)  # so does bad data: a corrected rerun finds it unclaimed
-            if config.train.eval_every:  # and a reference that cannot serve the quick evaluation
-                from training.quick_eval import QuickEvaluation
-
-                quick_eval = QuickEvaluation(config, categories)
             if resume is not None:  # before the config is rewritten: a running job's folder stays untouched
                 lock_output_dir(output_dir)
                 saved = saved_config(output_dir)
                 changes = resume_changes(saved, config) if saved is not None else {}  # refuses unsafe keys
                 for key, (old, new) in changes.items():
                     print(f"resume changes {key}: {old!r} -> {new!r}", flush=True)
+            if config.train.eval_every:  # and a reference that cannot serve the quick evaluation
+                from training.quick_eval import QuickEvaluation
+
+                quick_eval = QuickEvaluation(config, categories)
             claim_output_dir(output_dir, to_yaml(without_secrets(config)), resuming=resume is not None)
             lock_output_dir(output_dir)  # a fresh run, once its claim succeeded (a no-op when held already)
         accelerator.wait_for_everyone()
@@ -239,6 +248,7 @@ def train(
             warn_unsent(run)
         raise
     finally:
+        STOP.in_loop = False
         unlock_output_dir(output_dir)  # on errors too: a sweep may retry this trial in another live process
 
 
@@ -288,6 +298,11 @@ def train_in_folder(
     written: set[int] = set()  # the checkpoints this job saved: the only ones its pruning may remove
     if step > config.train.max_steps:
         raise UserError(f"train.max_steps {config.train.max_steps} is below step {step}, which the run has reached")
+    if resume and accelerator.is_main_process:  # the checkpoint fits: only now the config as resumed is written
+        try:
+            write_text_atomic(output_dir / "config.yaml", to_yaml(without_secrets(config)))
+        except OSError as error:
+            raise UserError(f"cannot write to output_dir {output_dir}: {error.strerror or error}") from None
     run = start_run(config, output_dir, accelerator.is_main_process, parent_run_id, run_tags, data_record)
     if started is not None:
         started["run"] = run
@@ -330,6 +345,8 @@ def train_in_folder(
                 continue
             ema.step(model.parameters())
             step += 1
+            if stop_requested(accelerator):  # SIGTERM/SIGINT: this step is the last, as with --stop-after-steps
+                last_step = step
 
             # Every log_every steps, and always at a checkpoint and at the last step of this job (a run shorter
             # than log_every, or stopped early, still has its loss).
@@ -357,8 +374,6 @@ def train_in_folder(
                 log_quick_eval(accelerator, model, ema, noise_scheduler, mel, config, categories, run, step, quick_eval)
             if step % config.train.checkpoint_every == 0:
                 save_checkpoint(accelerator, output_dir, step, config.train.checkpoints_keep, written)
-            if STOP.signal is not None and stop_agreed(accelerator):  # SIGTERM/SIGINT: like --stop-after-steps
-                last_step = step
             if step >= last_step:
                 break
         epoch, offset = epoch + 1, 0
@@ -399,10 +414,11 @@ def train_in_folder(
     return TrainResult(output_dir, model_dir, run.run_id if run else "", step, losses)
 
 
-def stop_agreed(accelerator: Accelerator) -> bool:
-    """Every process stops at the same step (a signal may reach one of them only): any one's request counts."""
+def stop_requested(accelerator: Accelerator) -> bool:
+    """Whether a signal asked to stop: every process asks every step (a collective call; a signal may reach one
+    of them only, or each at another step), so all of them stop at the same step."""
     if accelerator.num_processes == 1:
-        return True
+        return STOP.signal is not None
     flag = torch.tensor([1.0 if STOP.signal is not None else 0.0], device=accelerator.device)
     return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
 
@@ -638,8 +654,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    STOP.install()
     try:
+        STOP.install()
         run_command(args)
     except KeyboardInterrupt:
         STOP.in_loop = False

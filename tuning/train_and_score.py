@@ -5,10 +5,12 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import Config, sample_seed
+from core.files import write_text_atomic
 from tuning.spec import SweepSpec
 
 FAIL_ONCE_ENV = "TUNING_FAIL_ONCE_DIR"  # tests: each trial fails once, after training, leaving a marker here
@@ -74,15 +76,8 @@ def generate_and_score(context: TrialContext, config: Config, model_dir: Path, r
     )  # fmt: skip
     metrics = evaluation.flat_metrics(scored)
     evaluation_dir = output_dir / ("evaluation" if context.spec.stages == 1 else f"evaluation_stage{stage + 1}")
-    # The trial's run gets what `evaluate` gives a model's run: the tables, the per-class and confusion
-    # figures, and a scored clip of each class to listen to.
-    labels = {evaluation.REAL: evaluation.REAL_ROW, evaluation.REPRESENTATION: evaluation.REPRESENTATION_ROW,
-              evaluation.GENERATED: output_dir.name}  # fmt: skip
-    rows = {labels[kind]: result.metrics for kind, result in scored.items()}
-    evaluation.write_outputs(
-        evaluation_dir, rows, scored[evaluation.GENERATED], metrics, "", protocol, scored.get(evaluation.REAL)
-    )
-    evaluation.keep_scored_clips(generated, scored[evaluation.GENERATED], evaluation_dir / "clips", 1)
+    write_text_atomic(evaluation_dir / "metrics.json", json.dumps(metrics, indent=2))
+    write_text_atomic(evaluation_dir / "protocol.json", json.dumps(protocol, indent=2, sort_keys=True))
     if run_id:
         evaluation.log_evaluation(run_id, metrics, evaluation_dir, tags=protocol)
     return {name: float(value) for name, value in metrics.items()}

@@ -19,7 +19,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 
 from core.audio import MelSettings
 from core.errors import UserError
-from core.esc50 import ESC50_CATEGORIES
+from core.esc50 import ESC50_CATEGORIES, unsafe_class_name
 
 MODEL_MANIFEST = "audio.json"
 # How models saved before audio.json recorded them were sampled by default (generate's defaults then).
@@ -162,7 +161,6 @@ class DiffusionModel:
 _MEL_BOUNDS = {"sample_rate": (1000, 384_000), "clip_seconds": (0.1, 600.0), "resolution": (2, 4096),
                "n_fft": (0, 65_536), "top_db": (1.0, 300.0), "mel_bins": (0, 4096), "frames": (0, 16_384),
                "hop": (0, 1_000_000), "f_min": (0.0, 192_000.0), "f_max": (0.0, 192_000.0)}  # fmt: skip
-_UNSAFE_NAME = re.compile(r"[/\\\x00-\x1f\x7f]|^\.|^$")
 
 
 def check_manifest(manifest, path: Path) -> None:
@@ -195,7 +193,7 @@ def check_manifest(manifest, path: Path) -> None:
     if not categories or len(categories) > 10_000:
         fail("categories", f"holds {len(categories)} names (1 to 10,000)")
     for index, name in enumerate(categories):
-        if not isinstance(name, str) or len(name) > 200 or _UNSAFE_NAME.search(name) or name in ("..", "."):
+        if unsafe_class_name(name):
             fail(f"categories[{index}]", f"{name!r} is not a class name a file may carry (no /, \\, leading dot "
                  "or control characters, at most 200 characters)")  # fmt: skip
     if len(set(categories)) != len(categories):

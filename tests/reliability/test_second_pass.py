@@ -69,8 +69,11 @@ def test_steps_replayed_after_a_crash_are_logged_once(tiny_config):
 
 
 @pytest.mark.slow
-def test_a_full_disk_during_the_final_model_save_is_one_line_and_keeps_the_model(tmp_path, train_overrides):
-    output, uri = tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_a_full_disk_during_the_final_model_save_is_one_line_and_keeps_the_model(
+    tmp_path, train_overrides, mlflow_server
+):
+    # The store is a server's (its own process): the write limit below applies to the training process only.
+    output, uri = tmp_path / "run", mlflow_server.uri
     overrides = train_overrides(output, uri, "train.max_steps=4", "train.checkpoint_every=4")
     assert run_training(train_argv(overrides)).returncode == 0
     model = digests(output / "model")
@@ -82,6 +85,7 @@ def test_a_full_disk_during_the_final_model_save_is_one_line_and_keeps_the_model
     assert digests(output / "model") == model and not list(output.glob(".model*"))  # nothing half-written
     run_id = json.loads((output / "run.json").read_text())["mlflow_run_id"]
     assert MlflowClient(uri).get_run(run_id).info.status == "FAILED"
+    assert "Traceback" not in result.stderr
 
 
 def generate_argv(model: Path, out: Path, *extra: str) -> list[str]:
@@ -98,24 +102,24 @@ def test_a_full_disk_during_generation_leaves_no_clip_behind(trained_tiny_model,
     assert result.returncode == 2, result.stderr[-3000:]
     (line,) = error_lines(result.stderr)
     assert f"cannot write the clips to {out}: File too large" in line and "Traceback" not in result.stderr
-    assert not [p for p in out.rglob("*") if p.is_file() and p.name != ".generating.lock"]
+    assert not [p for p in out.rglob("*") if p.is_file()]
 
 
-@pytest.mark.slow
-def test_two_generations_into_one_folder_one_is_refused(trained_tiny_model, tmp_path):
+def test_a_generation_into_a_folder_another_generation_holds_is_refused(trained_tiny_model, tmp_path):
+    from core.files import lock_folder
+    from core.generation import GENERATION_LOCK
+
     out = tmp_path / "out"
-    argv = generate_argv(trained_tiny_model, out, "--per-class", "3", "--steps", "30")
-    first = subprocess.Popen(argv, cwd=REPO, env=subprocess_env(), stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)
-    second = subprocess.Popen([*argv[:-2], "--steps", "29"], cwd=REPO, env=subprocess_env(), stderr=subprocess.PIPE,
-                              text=True)  # fmt: skip
-    outcomes = sorted((process.wait(300), process.stderr.read()) for process in (first, second))
-    assert [code for code, _ in outcomes] == [0, 2], outcomes
-    assert "is in use by another generation (pid" in outcomes[1][1]
-    manifest = (out / "manifest.csv").read_text().splitlines()
-    assert len(manifest) == 1 + 150 and not list(out.rglob("*.tmp"))
-    record = json.loads((out / "generation.json").read_text())
-    assert record["settings"]["steps"] in (29, 30)  # one generation's clips, all of them
+    held = lock_folder(out, GENERATION_LOCK, "another generation")  # as a running generation holds it
+    try:
+        argv = generate_argv(trained_tiny_model, out, "--per-class", "1", "--classes", "0")
+        result = subprocess.run(argv, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    finally:
+        held.close()
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = error_lines(result.stderr)
+    assert f"{out} is in use by another generation" in line
+    assert not list(out.rglob("*.wav")) and not (out / "manifest.csv").exists()
 
 
 @pytest.mark.parametrize(
@@ -234,8 +238,15 @@ def test_sigterm_to_the_launcher_alone_stops_its_child_and_sigint_is_one_line(tm
     accelerate = str(Path(sys.executable).parent / "accelerate")
     argv = [accelerate, "launch", "--config_file", "accelerate_config.yaml", "--cpu", *train_argv(overrides)[1:]]
     launcher = start_training(argv, tmp_path / "launcher.log")
-    wait_for(lambda: (output / "run.json").exists(), 240, "the run to start")
-    time.sleep(2.0)  # in the loop
+    client = MlflowClient(uri)
+
+    def losses_logged() -> bool:  # the loop runs (every step is logged: FAST has train.log_every=1)
+        if not (output / "run.json").exists():
+            return False
+        run_id = json.loads((output / "run.json").read_text())["mlflow_run_id"]
+        return len(client.get_metric_history(run_id, "train/loss")) >= 2
+
+    wait_for(losses_logged, 240, "the training loop")
     (child,) = _children(launcher.pid)
     launcher.send_signal(signal.SIGTERM)  # what docker stop sends, to the launcher only
     launcher.wait(60)
@@ -245,8 +256,8 @@ def test_sigterm_to_the_launcher_alone_stops_its_child_and_sigint_is_one_line(tm
     assert MlflowClient(uri).get_run(run_id).info.status == "KILLED"
 
     resumed = start_training(train_argv(overrides, resume=True), tmp_path / "resumed.log")
-    wait_for(lambda: MlflowClient(uri).get_run(run_id).info.status == "RUNNING", 240, "the resume to start")
-    time.sleep(3.0)
+    logged = len(client.get_metric_history(run_id, "train/loss"))
+    wait_for(lambda: len(client.get_metric_history(run_id, "train/loss")) >= logged + 2, 240, "the resumed loop")
     resumed.send_signal(signal.SIGINT)  # Ctrl-C
     assert resumed.wait(90) == 130
     log = (tmp_path / "resumed.log").read_text()
@@ -324,18 +335,18 @@ def test_a_tracking_server_failing_mid_run_bounds_the_end_and_keeps_what_was_not
         proxy.mode = "pass"
 
         output = tmp_path / "run"
-        overrides = train_overrides(output, proxy.uri, "train.max_steps=40", "train.checkpoint_every=5",
+        overrides = train_overrides(output, proxy.uri, "train.max_steps=24", "train.checkpoint_every=4",
                                     "tracking.deadline_seconds=10")  # fmt: skip
         process = subprocess.Popen(train_argv(overrides), cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True)  # fmt: skip
         from tests.reliability.conftest import wait_for
 
-        wait_for(lambda: (output / "checkpoints" / "step_000010").is_dir(), 240, "step 10")
+        wait_for(lambda: (output / "checkpoints" / "step_000004").is_dir(), 240, "step 4")
         proxy.mode = "500"  # from here on the API fails
         began = time.monotonic()
         stdout, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, stderr[-3000:]
-        assert time.monotonic() - began < 150  # bounded: training's remaining steps and the 10-s deadline
+        assert time.monotonic() - began < 90  # bounded: training's remaining steps and the 10-s deadline
         warnings = [line for line in stderr.splitlines() if "not sent before the deadline" in line]
         assert len(warnings) == 1 and "mlflow_unsent.json" in warnings[0] and "the status FINISHED" in warnings[0]
         run_id = json.loads((output / "run.json").read_text())["mlflow_run_id"]
@@ -348,7 +359,7 @@ def test_a_tracking_server_failing_mid_run_bounds_the_end_and_keeps_what_was_not
         assert replayed.returncode == 0, replayed.stderr[-3000:]
         assert not (output / "mlflow_unsent.json").exists()
         client = MlflowClient(mlflow_server.uri)
-        assert sorted(m.step for m in client.get_metric_history(run_id, "train/loss")) == list(range(1, 41))
+        assert sorted(m.step for m in client.get_metric_history(run_id, "train/loss")) == list(range(1, 25))
         assert client.get_run(run_id).info.status == "FINISHED"
         assert {f.path for f in client.list_artifacts(run_id)} >= {"model", "samples"}
     finally:
