@@ -44,7 +44,7 @@ def lock_folder(folder: str | os.PathLike, lock_name: str, what: str):
     try:
         folder.mkdir(parents=True, exist_ok=True)
         # lock_name "": the folder itself is locked (no file is left in it); else a file in it, holding the pid.
-        handle = open(folder / lock_name, "a+") if lock_name else open(folder)
+        handle = open(folder / lock_name, "a+") if lock_name else _FolderHandle(folder)
     except OSError as error:
         raise UserError(f"cannot write to {folder}: {error.strerror or error}") from None
     try:
@@ -67,3 +67,18 @@ def lock_folder(folder: str | os.PathLike, lock_name: str, what: str):
         handle.write(f"{os.getpid()}\n")
         handle.flush()
     return handle
+
+
+class _FolderHandle:
+    """An open directory, for `flock` (Python's `open` does not open directories)."""
+
+    def __init__(self, folder: Path):
+        self.fd = os.open(folder, os.O_RDONLY)
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -429,8 +430,9 @@ def save_model(diffusion: DiffusionModel, model_dir: Path, step: int) -> None:
         diffusion.save(model_dir)
     except Exception as error:  # OSError, or safetensors' SafetensorError wrapping one (disk full: code 28)
         reason = getattr(error, "strerror", None) or " ".join(str(error).split())[:200] or type(error).__name__
-        if "code: 28" in reason or "StorageFull" in reason:
-            reason = "No space left on device"
+        errno = re.search(r"(?:os error|code:) (\d+)", reason)  # safetensors: "I/O error: ... (os error 28)"
+        if errno:
+            reason = os.strerror(int(errno.group(1)))
         raise UserError(  # `train` ends the run FAILED
             f"cannot write the model to {model_dir} ({reason}); step {step} is checkpointed: make room and run "
             "--resume latest to save it"
