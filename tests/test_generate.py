@@ -81,6 +81,19 @@ def test_clips_are_reused_only_for_the_same_weights_and_settings(
         generate(dataclasses.replace(request, classes=[3], steps=3), show_progress=False, existing="refuse")
 
 
+def test_cli_ends_with_the_clips_folder_and_the_models_run(trained_tiny_model, tmp_path, capsys, monkeypatch):
+    from training.generate import main
+
+    store = f"sqlite:///{trained_tiny_model.parent / 'mlflow.db'}"  # where the session's tiny model was trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    main(["--model", str(trained_tiny_model), "--out", str(tmp_path / "o"), "--per-class", "1", "--classes", "0",
+          "--steps", "2", "--griffin-lim-iters", "2"])  # fmt: skip
+    printed = capsys.readouterr().out
+    run_id = json.loads((trained_tiny_model / "model" / "audio.json").read_text())["mlflow_run_id"]
+    assert f"clips: {(tmp_path / 'o').resolve()}" in printed
+    assert f"the model's MLflow run: {run_id}" in printed and f"-m mlflow ui --backend-store-uri {store}" in printed
+
+
 def test_generate_from_an_mlflow_run_uri(trained_tiny_model, tmp_path) -> None:
     import mlflow
 

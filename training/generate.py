@@ -59,8 +59,23 @@ def main(argv: list[str] | None = None) -> None:
     manifest = generate(request)
     print(f"clips: {manifest.parent.resolve()} ({manifest.name}, generation.json)")
     run_id = json.loads((manifest.parent / "generation.json").read_text()).get("mlflow_run_id", "")
-    if run_id:
-        print(f"the model's MLflow run: {run_id}")
+    if run_id:  # generation has no run of its own: the model's, where its training and evaluations are
+        print(model_run_lines(run_id))
+
+
+def model_run_lines(run_id: str) -> str:
+    """The model's run and how to view it, when it is in the current store (MLFLOW_TRACKING_URI, else ./mlflow.db)."""
+    import mlflow
+
+    from core.tracking import fail_fast_requests, redact_uri, where_to_look
+
+    try:
+        with fail_fast_requests(5):
+            mlflow.tracking.MlflowClient().get_run(run_id)
+    except Exception:
+        return (f"the model's MLflow run: {run_id} (not in {redact_uri(mlflow.get_tracking_uri())}; set "
+                "MLFLOW_TRACKING_URI to its store to view it)")  # fmt: skip
+    return where_to_look(run_id, "the model's MLflow run")
 
 
 if __name__ == "__main__":
