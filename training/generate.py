@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from core.diffusion.samplers import SAMPLE_CLIPS, SAMPLERS
 from core.errors import exit_on_user_error
@@ -69,13 +70,14 @@ def model_run_lines(run_id: str) -> str:
 
     from core.tracking import fail_fast_requests, redact_uri, where_to_look
 
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
     try:
         with fail_fast_requests(5):
-            mlflow.tracking.MlflowClient().get_run(run_id)
+            mlflow.tracking.MlflowClient(uri).get_run(run_id)
     except Exception:
-        return (f"the model's MLflow run: {run_id} (not in {redact_uri(mlflow.get_tracking_uri())}; set "
-                "MLFLOW_TRACKING_URI to its store to view it)")  # fmt: skip
-    return where_to_look(run_id, "the model's MLflow run")
+        return (f"the model's MLflow run: {run_id} (not in {redact_uri(uri)}; set MLFLOW_TRACKING_URI to its "
+                "store to view it)")  # fmt: skip
+    return where_to_look(run_id, "the model's MLflow run", uri)
 
 
 if __name__ == "__main__":
