@@ -25,10 +25,24 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
-def lock_folder(folder: str | os.PathLike, lock_name: str, what: str):
+def write_error_reason(error: BaseException) -> str:
+    """Why a write failed, in words: the OS error's text, also when a library wraps it in its own message
+    (safetensors: "I/O error: File too large (os error 27)", torch's RuntimeError)."""
+    import re
+
+    reason = getattr(error, "strerror", None) or " ".join(str(error).split())[:200] or type(error).__name__
+    number = re.search(r"(?:os error|code:) (\d+)", reason)
+    return os.strerror(int(number.group(1))) if number else reason
+
+
+def lock_folder(
+    folder: str | os.PathLike, lock_name: str, what: str, advice: str = "wait for it to end or use another folder",
+    called: str = "",
+):  # fmt: skip
     """An exclusive lock on `folder` held by this process (`flock` on folder/lock_name, the pid written in it):
     the open handle to keep, or None where locks do not exist or are not shared (Windows, some network file
-    systems). A folder another live process holds is refused, naming its pid and `what` it is.
+    systems). A folder another live process holds is refused, naming its pid and `what` it is; `called` names the
+    folder in the message (e.g. "output_dir "), `advice` says what to do.
 
     The kernel drops a flock when its process dies, kill -9 included, so a crashed job never leaves it locked.
     """
@@ -55,7 +69,7 @@ def lock_folder(folder: str | os.PathLike, lock_name: str, what: str):
             handle.seek(0)
             owner = f" (pid {handle.read().strip() or 'unknown'})"
         handle.close()
-        raise UserError(f"{folder} is in use by {what}{owner}; wait for it to end or use another folder") from None
+        raise UserError(f"{called}{folder} is in use by {what}{owner}; {advice}") from None
     except OSError as error:  # e.g. ENOLCK on a network file system without locking: go on unlocked
         logging.getLogger(__name__).warning(
             "cannot lock %s (%s); not guarding it against a concurrent job", folder, error

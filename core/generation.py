@@ -83,10 +83,9 @@ def generate(request: GenerationRequest, show_progress: bool = True, existing: s
     # One generation per folder at a time: two writers would mix their clips under one manifest.
     lock = lock_folder(out, GENERATION_LOCK, "another generation")
     try:
-        reused = reusable_clips(out, fingerprint)
+        reused = settle_previous_clips(out, fingerprint, existing)
         if reused is not None:
             return reused
-        clear_previous_clips(out, fingerprint, existing)
         rows = make_clips(model, request, classes, out, show_progress, device)
         try:
             write_generation_record(out, request, model, fingerprint)
@@ -182,45 +181,31 @@ def _describe(settings: dict) -> str:
             f"{settings['vocoder']}, seed {settings['seed']}, {settings['per_class']} per class")  # fmt: skip
 
 
-def reusable_clips(out: Path, fingerprint: dict) -> Path | None:
-    """The manifest of `out` when its clips are exactly what `fingerprint` asks for (and all present)."""
-    record_path, manifest = out / GENERATION_RECORD, out / "manifest.csv"
-    if not (record_path.is_file() and manifest.is_file()):
-        return None
-    try:
-        record = json.loads(record_path.read_text())
-        files = [row["file"] for row in csv.DictReader(io.StringIO(manifest.read_text()))]
-    except (OSError, ValueError, KeyError):
-        return None
-    if fingerprint_differences(record.get("fingerprint", {}), fingerprint):
-        return None
-    if not all((out / name).is_file() for name in files):
-        return None
-    print(f"reusing {len(files)} clips in {out} generated on {record.get('created', '?')} with "
-          f"{_describe(fingerprint['settings'])} (same model weights and settings)", flush=True)  # fmt: skip
-    return manifest
-
-
-def clear_previous_clips(out: Path, fingerprint: dict, existing: str) -> None:
-    """Before generating into `out`: the clips of an earlier, different generation refused or removed."""
+def settle_previous_clips(out: Path, fingerprint: dict, existing: str) -> Path | None:
+    """Before generating into `out`: its manifest when it already holds exactly these clips (reused, and said so);
+    otherwise the clips of an earlier generation refused (`existing="refuse"`) or removed, the reason named."""
     manifest = out / "manifest.csv"
     if not manifest.is_file():
-        return
+        return None
     try:
         record = json.loads((out / GENERATION_RECORD).read_text())
     except (OSError, ValueError):
         record = {}
-    differences = "; ".join(fingerprint_differences(record.get("fingerprint", {}), fingerprint))
-    if existing == "refuse":
-        raise UserError(
-            f"{out} holds clips made differently ({differences}); generate with the same settings, "
-            "or choose an empty folder"
-        )
     try:
-        files = [row.get("file", "") for row in csv.DictReader(io.StringIO(manifest.read_text()))]
+        files = [row.get("file") or "" for row in csv.DictReader(io.StringIO(manifest.read_text()))]
     except (OSError, ValueError):
         files = []
-    print(f"replacing the {len(files)} clips in {out}: they were made differently ({differences})", flush=True)
+    differences = fingerprint_differences(record.get("fingerprint", {}), fingerprint)
+    if not differences and files and all((out / name).is_file() for name in files):
+        print(f"reusing {len(files)} clips in {out} generated on {record.get('created', '?')} with "
+              f"{_describe(fingerprint['settings'])} (same model weights and settings)", flush=True)  # fmt: skip
+        return manifest
+    reason = "; ".join(differences) or "some of the clips its manifest lists are missing"
+    if existing == "refuse":
+        raise UserError(
+            f"{out} holds clips made differently ({reason}); generate with the same settings, or choose an empty folder"
+        )
+    print(f"replacing the {len(files)} clips in {out}: they were made differently ({reason})", flush=True)
     # The manifest and record go first: a crash below leaves no manifest listing old and new clips together.
     manifest.unlink()
     (out / GENERATION_RECORD).unlink(missing_ok=True)
@@ -229,6 +214,7 @@ def clear_previous_clips(out: Path, fingerprint: dict, existing: str) -> None:
         path = (out / name).resolve()
         if name and path.is_relative_to(root) and path.suffix == ".wav":
             path.unlink(missing_ok=True)
+    return None
 
 
 def with_model_defaults(request: GenerationRequest, model: DiffusionModel) -> GenerationRequest:

@@ -2,7 +2,8 @@
 
 Under `--no-progress` (logs, `mlflow run`, cluster jobs) a bar is noise, but silence for an hour is
 worse: `Progress` then prints one line per `interval` seconds (done/total, rate, ETA, and whatever the
-caller adds, e.g. the loss), and a last one when the work ends.
+caller adds, e.g. the loss), and a last one when the work ends. (tqdm itself, pointed at a log, redraws one
+line with carriage returns at its own pace; a log reader wants whole lines, a few a minute.)
 """
 
 from __future__ import annotations

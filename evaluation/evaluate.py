@@ -15,6 +15,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.config import DEFAULT_SOURCE
 from core.diffusion.samplers import SAMPLERS
@@ -28,6 +29,9 @@ from evaluation.fad import CKPT_DIR_ENV, FAD_MODELS
 from evaluation.metrics import REAL_PREFIX, REPRESENTATION_PREFIX, logged_name
 from evaluation.protocol import check_interval_sizes, split_reference
 from evaluation.scoring import METRIC_GROUPS, EvalOptions, Evaluator, ScoredSet, parse_metric_groups
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 DEFAULT_SAMPLE_RATE = 22050  # the data's default rate (core.config.DataConfig.sample_rate)
@@ -345,7 +349,7 @@ def evaluate(request: EvaluationRequest, show_progress: bool = True) -> Evaluati
     if REPRESENTATION not in scored and request.real_row:
         tags["evaluation.representation_ceiling"] = "not computed: the generated clips record no mel settings"
     markdown = write_outputs(out, rows, scored[GENERATED], flat, request.json, tags, scored.get(REAL))
-    keep_scored_clips(generated, scored[GENERATED], out / "clips", request.log_clips)
+    keep_scored_clips(read_manifest(generated), scored[GENERATED], out / "clips", request.log_clips)
     print(markdown)
 
     run_id = ""
@@ -360,7 +364,7 @@ def evaluate(request: EvaluationRequest, show_progress: bool = True) -> Evaluati
     return EvaluationOutcome(flat, rows, out, run_id, markdown)
 
 
-def keep_scored_clips(generated: Path, scored: ScoredSet, folder: Path, per_class: int) -> None:
+def keep_scored_clips(clips: pd.DataFrame, scored: ScoredSet, folder: Path, per_class: int) -> None:
     """The first `per_class` scored clips of each evaluated class copied to `folder` (evaluation/clips in MLflow,
     where the UI plays them): a few of the clips behind the numbers, to listen to beside the table."""
     import shutil
@@ -368,7 +372,6 @@ def keep_scored_clips(generated: Path, scored: ScoredSet, folder: Path, per_clas
     shutil.rmtree(folder, ignore_errors=True)
     if per_class <= 0:
         return
-    clips = read_manifest(generated)
     evaluated = set(scored.targets.tolist())
     chosen = clips[clips["target"].isin(evaluated)].groupby("target", sort=True).head(per_class)
     for row in chosen.itertuples():  # `source`: the clip's path, inside the generated folder

@@ -20,6 +20,7 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from core.errors import UserError
+from core.files import write_error_reason
 
 log = logging.getLogger(__name__)
 MARKER = "training_state.json"
@@ -83,10 +84,16 @@ def save_checkpoint(
             shutil.rmtree(staging, ignore_errors=True)
         previous = complete_checkpoints(output_dir)
         kept = f"; the previous checkpoint {previous[-1]} is intact" if previous else ""
-        reason = getattr(error, "strerror", None) or " ".join(str(error).split())[:200] or type(error).__name__
+        reason = write_error_reason(error)
         raise UserError(f"cannot write checkpoint {final} (disk full or not writable?): {reason}{kept}") from None
     accelerator.wait_for_everyone()
     return final
+
+
+def check_resume_target(resume: str) -> None:
+    """`--resume` is 'latest' or a complete checkpoint folder (checked before any work)."""
+    if resume != "latest" and not (Path(resume) / MARKER).is_file():
+        raise UserError(f"--resume {resume} is not a complete checkpoint folder (no {MARKER})")
 
 
 def _step_of(folder: Path) -> int:
@@ -107,10 +114,8 @@ def load_latest_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLi
     checkpoint, or to step 0, would train something else into this run's folder.
     """
     if resume != "latest":
-        folder = Path(resume)
-        if not (folder / MARKER).is_file():
-            raise UserError(f"--resume {resume} is not a complete checkpoint folder (no {MARKER})")
-        candidates = [folder]
+        check_resume_target(resume)
+        candidates = [Path(resume)]
     else:
         candidates = list(reversed(complete_checkpoints(output_dir)))
     for folder in candidates:

@@ -67,10 +67,13 @@ def lock_output_dir(output_dir: Path) -> None:
     key = str(output_dir.resolve())
     if key in _held_locks:
         return
-    try:
-        handle = lock_folder(output_dir, LOCK_FILE, "a running job")
-    except UserError as error:
-        raise UserError(f"output_dir {error}".replace(" or use another folder", " before resuming")) from None
+    handle = lock_folder(
+        output_dir,
+        LOCK_FILE,
+        "a running job",
+        advice="wait for it to end or stop it before resuming",
+        called="output_dir ",
+    )
     if handle is not None:
         _held_locks[key] = handle
 

@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import re
 import signal
 import sys
 import time
@@ -42,7 +41,7 @@ from core.diffusion.network import build_unet
 from core.diffusion.schedules import noise_schedule
 from core.errors import UserError, exit_on_user_error
 from core.esc50 import unsafe_class_name
-from core.files import write_text_atomic
+from core.files import write_error_reason, write_text_atomic
 from core.progress import Progress
 from core.spectrograms import (
     SpectrogramBatches,
@@ -64,7 +63,7 @@ from core.tracking import (
     replay_unsent,
     where_to_look,
 )
-from training.checkpoints import MARKER, complete_checkpoints, load_latest_checkpoint, save_checkpoint
+from training.checkpoints import check_resume_target, complete_checkpoints, load_latest_checkpoint, save_checkpoint
 from training.run_folder import (
     claim_output_dir,
     lock_output_dir,
@@ -216,8 +215,8 @@ def train(
     changes: dict[str, tuple] = {}
     quick_eval = None
     started: dict = {}  # train_in_folder puts the MLflow run here once it exists
-    if resume not in (None, "latest") and not (Path(resume) / MARKER).is_file():  # before any work
-        raise UserError(f"--resume {resume} is not a complete checkpoint folder (no {MARKER})")
+    if resume is not None:
+        check_resume_target(resume)  # before any work
     try:
         if accelerator.is_main_process:
             # An unreachable tracking server fails here, before the output folder is claimed or any work starts.
@@ -241,12 +240,7 @@ def train(
             changes, quick_eval, started,
         )  # fmt: skip
     except BaseException as error:  # the run this job started or continued never stays RUNNING
-        run = started.get("run")
-        if run is not None:
-            run.start_deadline(15)
-            run.flush()
-            run.set_terminated("KILLED" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "FAILED")
-            warn_unsent(run)
+        end_run(started.get("run"), "KILLED" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "FAILED", 15)
         raise
     finally:
         STOP.in_loop = False
@@ -402,14 +396,9 @@ def train_in_folder(
                 write_class_samples(diffusion, classes, samples, config.sample, sample_seed(config), real)
     if step < config.train.max_steps:  # stopped early on request (checkpointed above): hand back
         return stop_early(accelerator, output_dir, step, run, losses)
-    if accelerator.is_main_process:
-        if run:  # a tracking server failing now delays the end by tracking.deadline_seconds at most
-            run.start_deadline(config.tracking.deadline_seconds)
-            run.flush()
-            run.log_artifacts(output_dir / "samples" / "final", "samples/final")
-            run.log_artifacts(model_dir, "model")
-            run.set_terminated("FINISHED")
-            warn_unsent(run)
+    if accelerator.is_main_process:  # a tracking server failing now delays the end by deadline_seconds at most
+        artifacts = {"samples/final": output_dir / "samples" / "final", "model": model_dir}
+        end_run(run, "FINISHED", config.tracking.deadline_seconds, artifacts)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(output_dir, model_dir, run.run_id if run else "", step, losses)
@@ -428,30 +417,31 @@ def save_model(diffusion: DiffusionModel, model_dir: Path, step: int) -> None:
     """The model folder written whole or not at all (a full disk leaves the previous one as it was)."""
     try:
         diffusion.save(model_dir)
-    except Exception as error:  # OSError, or safetensors' SafetensorError wrapping one (disk full: code 28)
-        reason = getattr(error, "strerror", None) or " ".join(str(error).split())[:200] or type(error).__name__
-        errno = re.search(r"(?:os error|code:) (\d+)", reason)  # safetensors: "I/O error: ... (os error 28)"
-        if errno:
-            reason = os.strerror(int(errno.group(1)))
+    except Exception as error:  # OSError, or safetensors' SafetensorError wrapping one (disk full: os error 28)
         raise UserError(  # `train` ends the run FAILED
-            f"cannot write the model to {model_dir} ({reason}); step {step} is checkpointed: make room and run "
+            f"cannot write the model to {model_dir} ({write_error_reason(error)}); step {step} is checkpointed: "
+            "make room and run "
             "--resume latest to save it"
         ) from None
 
 
-def warn_unsent(run: RunLogger) -> None:
-    """What the tracking server did not take, kept beside the run and named in one warning line."""
+def end_run(run: RunLogger | None, status: str, deadline_seconds: float, artifacts: dict | None = None) -> None:
+    """Send what is queued and the artifacts (MLflow path -> local folder), then the status, all within
+    `deadline_seconds`; what the server did not take is kept beside the run and named in one warning line."""
+    if run is None:
+        return
+    run.start_deadline(deadline_seconds)
+    run.flush()
+    for artifact_path, folder in (artifacts or {}).items():
+        run.log_artifacts(folder, artifact_path)
+    run.set_terminated(status)
     warning = run.save_unsent()
     if warning:
         log.warning("%s", warning)
 
 
 def stop_early(accelerator: Accelerator, output_dir: Path, step: int, run, losses) -> TrainResult:
-    if run:
-        run.start_deadline(60)
-        run.flush()
-        run.set_terminated("KILLED")  # resumable: `--resume latest` sets it RUNNING again
-        warn_unsent(run)
+    end_run(run, "KILLED", 60)  # resumable: `--resume latest` sets it RUNNING again
     accelerator.end_training()
     return TrainResult(output_dir, output_dir / "model", run.run_id if run else "", step, losses)
 
@@ -506,18 +496,26 @@ def ema_weights(ema: EMAModel, unet: torch.nn.Module) -> Iterator[None]:
         ema.restore(unet.parameters())
 
 
+@contextlib.contextmanager
+def ema_model(accelerator, model, ema, noise_scheduler, mel, config: Config, categories) -> Iterator[DiffusionModel]:
+    """The EMA weights as a `DiffusionModel` in eval mode for the block; the training weights and mode after."""
+    unet = accelerator.unwrap_model(model)
+    with ema_weights(ema, unet):
+        unet.eval()
+        try:
+            yield as_diffusion_model(unet, noise_scheduler, mel, config, categories, "")
+        finally:
+            unet.train()
+
+
 def log_samples(accelerator, model, ema, noise_scheduler, mel, config: Config, categories, run, step: int) -> None:
     """Listenable progress: EMA weights swapped in, a few classes sampled, swapped back."""
     if accelerator.is_main_process:
-        unet = accelerator.unwrap_model(model)
         folder = Path(config.output_dir) / "samples" / f"step_{step:06d}"
-        with ema_weights(ema, unet):
-            unet.eval()
-            diffusion = as_diffusion_model(unet, noise_scheduler, mel, config, categories, "")
+        with ema_model(accelerator, model, ema, noise_scheduler, mel, config, categories) as diffusion:
             write_class_samples(
                 diffusion, list(config.train.sample_classes), folder, config.sample, sample_seed(config)
             )
-            unet.train()
         if run:
             run.log_artifacts(folder, f"samples/step_{step:06d}")
     accelerator.wait_for_everyone()
@@ -527,11 +525,8 @@ def log_quick_eval(accelerator, model, ema, noise_scheduler, mel, config: Config
                    quick_eval) -> None:  # fmt: skip
     """train.eval_every: the EMA weights swapped in, a few clips per class scored (training.quick_eval), logged."""
     if accelerator.is_main_process and quick_eval is not None:
-        unet = accelerator.unwrap_model(model)
-        with ema_weights(ema, unet):
-            unet.eval()
-            metrics = quick_eval(as_diffusion_model(unet, noise_scheduler, mel, config, categories, ""), step)
-            unet.train()
+        with ema_model(accelerator, model, ema, noise_scheduler, mel, config, categories) as diffusion:
+            metrics = quick_eval(diffusion, step)
         log.info("step %d quick evaluation: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())))
         if run and step > run.logged_through:
             run.log_metrics(metrics, step)
