@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,13 +13,9 @@ from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from core.errors import UserError
+from core.secrets import has_credentials, redact_text, redact_uri, without_userinfo
 
 log = logging.getLogger(__name__)
-
-
-def redact_uri(uri: str) -> str:
-    """Drop credentials from a URI (`http://user:token@host` -> `http://***@host`, `?token=...`) before it is shown."""
-    return re.sub(r"(token|password|secret)=[^&]+", r"\1=***", redact_text(uri), flags=re.IGNORECASE)
 
 
 def configure_tracking(
@@ -32,6 +27,7 @@ def configure_tracking(
     """
     import mlflow
 
+    check_launcher_run(tracking_uri)
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
     uri = _credentials_to_environment(mlflow.get_tracking_uri())
@@ -51,9 +47,99 @@ def configure_tracking(
             mlflow.set_experiment(experiment)
         except Exception as error:
             raise UserError(
-                f"cannot use MLflow experiment '{experiment}' at {redact_uri(uri)}: {_one_line(error)}"
+                f"cannot use MLflow experiment '{experiment}' at {redact_uri(uri)}: {one_line_error(error)}"
             ) from None
     return uri
+
+
+def check_launcher_run(configured_uri: str = "") -> None:
+    """The run `mlflow run` created for this command (MLFLOW_RUN_ID), checked before the command adopts it.
+
+    MLflow Projects records every `-P` value as a param of that run (and prints the command) before ours
+    starts, so a credential passed in `-P` is already stored in plain text: the run is deleted (in a local
+    store, erased with `mlflow gc`) and the command refuses, naming the safe way. A `tracking.tracking_uri` that
+    names another store than the launcher's is refused too: the adopted run does not exist there."""
+    run_id = os.environ.get("MLFLOW_RUN_ID", "")
+    if not run_id:
+        return
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    store = os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+    client = MlflowClient(store)
+    try:
+        with fail_fast_requests(10):
+            params = client.get_run(run_id).data.params
+    except Exception as error:
+        raise UserError(f"cannot read run {run_id}, which `mlflow run` made, in {redact_uri(store)}: "
+                        f"{one_line_error(error)[:200]}") from None  # fmt: skip
+    leaked = sorted(key for key, value in params.items() if has_credentials(value))
+    if leaked:
+        raise UserError(
+            f"-P {', '.join(leaked)} holds a credential, which `mlflow run` stores in plain text as a param of "
+            f"its run {run_id}: {_erase_run(client, store, run_id)}; give credentials as MLFLOW_TRACKING_USERNAME "
+            "and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment instead"
+        )
+    if configured_uri and store_for_ui(without_userinfo(configured_uri)) != store_for_ui(without_userinfo(store)):
+        raise UserError(
+            f"tracking.tracking_uri {redact_uri(configured_uri)} is not the store `mlflow run` made this command's "
+            f"run in ({redact_uri(store)}): leave it out, and set MLFLOW_TRACKING_URI for `mlflow run` instead"
+        )
+
+
+def _erase_run(client, store: str, run_id: str) -> str:
+    """Have the run deleted (in a store on this machine, erased with `mlflow gc`); says what will be done.
+
+    `mlflow run` waits on this command to mark its run FAILED, and fails with a traceback if the run is gone
+    by then: a detached process erases it once `mlflow run` (our parent) has exited."""
+    import sys
+
+    parent = os.getppid()
+    try:
+        launched = client.get_run(run_id).data.tags.get("mlflow.source.type") == "PROJECT"
+    except Exception:
+        launched = False
+    if not launched or parent <= 1:
+        return erase_run(store, run_id)
+    code = f"from core.tracking import erase_run; erase_run({store!r}, {run_id!r}, after_pid={parent})"
+    subprocess.Popen([sys.executable, "-c", code], start_new_session=True, stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    if store.startswith(("http://", "https://")):
+        return "the run is deleted once `mlflow run` exits (the server's admin erases it with `mlflow gc`)"
+    return "the run is erased from the store once `mlflow run` exits"
+
+
+def erase_run(store: str, run_id: str, after_pid: int | None = None) -> str:
+    """Delete the run `run_id` (after process `after_pid` has exited) and, in a local store, erase it for good."""
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    while after_pid is not None and _alive(after_pid):
+        time.sleep(0.5)
+    try:
+        with fail_fast_requests(10, retries=2):
+            MlflowClient(store).delete_run(run_id)
+    except Exception as error:
+        return f"deleting that run failed ({one_line_error(error)[:120]}): delete it with `mlflow runs delete`"
+    if store.startswith(("http://", "https://")):
+        return f"the run is deleted (the server's admin erases it with `mlflow gc --run-ids {run_id}`)"
+    erase = [sys.executable, "-m", "mlflow", "gc", "--backend-store-uri", store, "--run-ids", run_id]
+    try:
+        erased = subprocess.run(erase, capture_output=True, timeout=120).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        erased = False
+    return "the run is erased from the store" if erased else f"the run is deleted; `{' '.join(erase[1:])}` erases it"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        pass
+    return True
 
 
 def _credentials_to_environment(uri: str) -> str:
@@ -100,19 +186,14 @@ def _check_server(uri: str, timeout: float = 5.0) -> None:
             MlflowClient(uri).search_experiments(max_results=1)
     except Exception as error:
         raise UserError(
-            f"MLflow tracking server {redact_uri(uri)} is not reachable ({_one_line(error)[:120]}); "
+            f"MLflow tracking server {redact_uri(uri)} is not reachable ({one_line_error(error)[:120]}); "
             "start it, or unset MLFLOW_TRACKING_URI to use the local ./mlflow.db"
         ) from None
 
 
-def _one_line(error: BaseException) -> str:
-    # MLflow's and requests' errors quote the full URL, credentials included.
+def one_line_error(error: BaseException) -> str:
+    """An MLflow or requests error on one line, credentials redacted (their messages quote the full URL)."""
     return redact_text(" ".join(str(error).split())) or type(error).__name__
-
-
-def redact_text(text: str) -> str:
-    """Credentials of every URL in `text` replaced by *** (`http://user:token@host` -> `http://***@host`)."""
-    return re.sub(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@", r"\1***@", text)
 
 
 def store_for_ui(uri: str = "") -> str:
@@ -161,11 +242,11 @@ def git_commit() -> str:
 
 
 @contextlib.contextmanager
-def fail_fast_requests(timeout_seconds: int = 5) -> Iterator[None]:
-    """One quick try per MLflow HTTP call instead of the client's default (7 retries with backoff,
-    minutes against a stopped server): a failed call costs nothing, since `RunLogger` keeps what it could not
-    send and retries it, within its deadline after training."""
-    names = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_seconds)}
+def fail_fast_requests(timeout_seconds: int = 5, retries: int = 0) -> Iterator[None]:
+    """One quick try per MLflow HTTP call (or `retries` more) instead of the client's default (7 retries with
+    backoff, minutes against a stopped server): a failed call costs nothing, since `RunLogger` keeps what it could
+    not send and retries it, within its deadline after training."""
+    names = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_seconds)}
     saved = {name: os.environ.get(name) for name in names}
     os.environ.update(names)
     try:
@@ -242,7 +323,7 @@ class RunLogger:
                 if time.monotonic() >= deadline:
                     log.warning(
                         "MLflow unreachable (%s); %d metric values kept for later",
-                        _one_line(error)[:100],
+                        one_line_error(error)[:100],
                         len(self.pending),
                     )
                     return False
@@ -286,7 +367,7 @@ class RunLogger:
                 error = failure
                 if attempt < attempts - 1:
                     time.sleep(min(2.0 * (attempt + 1), max(self._left() or 2.0 * (attempt + 1), 0.0)))
-        reason = _one_line(error)[:200] if error else "the tracking deadline had passed"
+        reason = one_line_error(error)[:200] if error else "the tracking deadline had passed"
         log.warning("MLflow call failed (%s)", reason)
         return False
 

@@ -6,6 +6,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,61 @@ def test_readme_mlflow_run_train_works_outside_the_venv(tmp_path, esc50_mini, sp
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [2]  # the last step
     assert (tmp_path / "run" / "model" / "audio.json").is_file()
     assert f"MLflow run: {run.info.run_id}" in result.stdout
+
+
+TOKEN = "t0k3n-5e1f"
+
+
+@pytest.mark.slow
+def test_a_credential_in_mlflow_run_parameters_is_refused_and_its_run_erased(tmp_path) -> None:
+    """MLflow Projects stores every -P value as a param (before our command starts): the run holding the token is
+    erased once `mlflow run` has ended, and the command says how to pass credentials instead."""
+    import mlflow
+    from mlflow.entities import ViewType
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.tracking.MlflowClient(tracking_uri=store)
+    experiment = client.create_experiment("leaky", artifact_location=(tmp_path / "artifacts").as_uri())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MLFLOW_TRACKING_URI"] = store
+    overrides = f"tracking.tracking_uri=http://alice:{TOKEN}@127.0.0.1:1 output_dir={tmp_path / 'run'}"
+    command = [str(REPO / ".venv/bin/mlflow"), "run", ".", "-e", "train", "--env-manager", "local",
+               "--experiment-name", "leaky", "-P", f"overrides={overrides}"]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "-P overrides holds a credential" in errors[0], result.stderr[-3000:]
+    assert "MLFLOW_TRACKING_USERNAME" in errors[0] and TOKEN not in errors[0]
+    assert "Traceback" not in result.stderr  # `mlflow run` itself ends in its one line: the run was still there
+    assert not (tmp_path / "run").exists()
+
+    def stored() -> list:
+        return client.search_runs([experiment], run_view_type=ViewType.ALL)
+
+    deadline = time.monotonic() + 60
+    while stored() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert stored() == [], "the run holding the token is still in the store"
+
+
+def test_a_tracking_uri_other_than_the_launchers_store_is_refused(tmp_path, monkeypatch) -> None:
+    import mlflow
+
+    from core.errors import UserError
+    from core.tracking import check_launcher_run
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.tracking.MlflowClient(tracking_uri=store)
+    experiment = client.create_experiment("launched", artifact_location=(tmp_path / "artifacts").as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    check_launcher_run(store)  # the same store (or none given): fine
+    check_launcher_run("")
+    with pytest.raises(UserError, match=r"is not the store `mlflow run` made this command's run in"):
+        check_launcher_run(f"http://bob:{TOKEN}@127.0.0.1:5000")  # the run does not exist there
+    client.log_param(run_id, "overrides", f"tracking.tracking_uri=http://{TOKEN}@host")  # a token-only URI
+    with pytest.raises(UserError, match=r"-P overrides holds a credential") as error:
+        check_launcher_run(store)
+    assert TOKEN not in str(error.value)
+    assert client.search_runs([experiment]) == []  # not launched by `mlflow run` (no PROJECT tag): erased at once

@@ -68,7 +68,8 @@ def model_run_lines(run_id: str) -> str:
     """The model's run and how to view it, when it is in the current store (MLFLOW_TRACKING_URI, else ./mlflow.db)."""
     import mlflow
 
-    from core.tracking import fail_fast_requests, redact_uri, where_to_look
+    from core.secrets import redact_uri
+    from core.tracking import fail_fast_requests, where_to_look
 
     uri = os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
     try:

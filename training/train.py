@@ -43,6 +43,7 @@ from core.errors import UserError, exit_on_user_error
 from core.esc50 import unsafe_class_name
 from core.files import write_error_reason, write_text_atomic
 from core.progress import Progress
+from core.secrets import redact_uri
 from core.spectrograms import (
     SpectrogramBatches,
     build_spectrogram_cache,
@@ -58,8 +59,9 @@ from core.tracking import (
     UNSENT_FILE,
     RunLogger,
     configure_tracking,
+    fail_fast_requests,
     git_commit,
-    redact_uri,
+    one_line_error,
     replay_unsent,
     where_to_look,
 )
@@ -557,6 +559,23 @@ def start_run(
     if not is_main:
         return None
     import mlflow
+
+    try:  # the server passed the start check; a few quick tries each, then one line (never minutes of retries)
+        with fail_fast_requests(15, retries=2):
+            return open_run(config, output_dir, parent_run_id, run_tags, data_record)
+    except Exception as error:
+        if not (output_dir / "run.json").is_file():  # a fresh run: the folder is released for a rerun
+            (output_dir / "config.yaml").unlink(missing_ok=True)
+        raise UserError(
+            f"MLflow at {redact_uri(mlflow.get_tracking_uri())} could not start the run: {one_line_error(error)[:200]}"
+        ) from None
+
+
+def open_run(
+    config: Config, output_dir: Path, parent_run_id: str | None, run_tags: dict[str, str] | None,
+    data_record: dict | None,
+) -> RunLogger:  # fmt: skip
+    import mlflow
     from mlflow.tracking.context.registry import resolve_tags
 
     client = mlflow.tracking.MlflowClient()  # `train` has pointed MLflow at the store and experiment
@@ -589,11 +608,16 @@ def start_run(
         tags["mlflow.parentRunId"] = parent_run_id
     recorded = {**flatten(without_secrets(config)), "sample.seed_resolved": sample_seed(config)}
     params = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in recorded.items()]
-    client.log_batch(run_id, params=params, tags=[mlflow.entities.RunTag(k, str(v)) for k, v in tags.items()])
-    client.log_artifact(run_id, str(output_dir / "config.yaml"))
-    if data_record:
-        log_training_data(client, run_id, config, data_record)
-    write_text_atomic(record, json.dumps({"mlflow_run_id": run_id}))
+    try:
+        client.log_batch(run_id, params=params, tags=[mlflow.entities.RunTag(k, str(v)) for k, v in tags.items()])
+        client.log_artifact(run_id, str(output_dir / "config.yaml"))
+        if data_record:
+            log_training_data(client, run_id, config, data_record)
+        write_text_atomic(record, json.dumps({"mlflow_run_id": run_id}))
+    except BaseException:
+        with contextlib.suppress(Exception):  # a run that never trained does not stay RUNNING
+            client.set_terminated(run_id, "FAILED")
+        raise
     return RunLogger(run_id, unsent_file=unsent)
 
 

@@ -22,7 +22,8 @@ from core.config import split_overrides
 from core.errors import UserError, exit_on_user_error
 from core.esc50 import is_local_source
 from core.files import write_text_atomic
-from core.tracking import configure_tracking, redact_uri
+from core.secrets import redact_uri
+from core.tracking import check_launcher_run, configure_tracking
 from tuning.spec import SAMPLE_INDEX, SweepSpec, load_sweep, trial_key
 from tuning.trial import FAIL_ONCE_ENV, TrialContext, run_trial
 
@@ -53,6 +54,7 @@ def run_sweep(
     from tuning.tracking_server import absolute_store_uri, tracking_server
 
     settings = spec.settings
+    check_launcher_run(spec.base["tracking"]["tracking_uri"])
     launcher_run_id = os.environ.pop("MLFLOW_RUN_ID", "")  # `mlflow run . -e sweep` made the parent for us
     sweep_dir = Path(settings.storage_path).expanduser().resolve() / settings.name
     record = sweep_dir / RECORD

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from core.errors import UserError
-from core.tracking import redact_uri
+from core.secrets import redact_uri
 
 
 def is_server_uri(uri: str) -> bool:

@@ -21,6 +21,8 @@ from tests.reliability.conftest import error_lines, run_training, subprocess_env
 from training.checkpoints import complete_checkpoints
 from training.train import train
 
+TOKEN = "t0ken-9d1e-secret"
+
 
 def digests(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -269,7 +271,7 @@ def test_sigterm_to_the_launcher_alone_stops_its_child_and_sigint_is_one_line(tm
 
 class FailingProxy:
     """A local HTTP proxy in front of a real `mlflow server`; `mode` "pass", "500" (the API answers 500, /health
-    still 200) or "stall" (the API never answers)."""
+    still 200), "stall" (the API never answers) or "create500" (only creating a run answers 500)."""
 
     def __init__(self, target: str):
         import http.server
@@ -286,7 +288,8 @@ class FailingProxy:
                 pass
 
             def _forward(self) -> None:
-                if self.path.startswith(("/api/", "/ajax-api/")) and proxy.mode != "pass":
+                refused = proxy.mode in ("500", "stall") or (proxy.mode == "create500" and "/runs/create" in self.path)
+                if self.path.startswith(("/api/", "/ajax-api/")) and refused:
                     if proxy.mode == "stall":
                         time.sleep(60)
                     self.send_response(500)
@@ -320,7 +323,7 @@ class FailingProxy:
 
 @pytest.mark.slow
 def test_a_tracking_server_failing_mid_run_bounds_the_end_and_keeps_what_was_not_sent(
-    tmp_path, train_overrides, mlflow_server
+    tmp_path, train_overrides, tiny_config, mlflow_server
 ):
     from core.tracking import configure_tracking
 
@@ -332,6 +335,18 @@ def test_a_tracking_server_failing_mid_run_bounds_the_end_and_keeps_what_was_not
             with pytest.raises(UserError, match="is not reachable"):
                 configure_tracking(proxy.uri, "esc50-tiny")
             assert time.monotonic() - began < 30, mode
+
+        # A server that passes the check but refuses to create the run, behind a token-only URI: one line,
+        # quickly (MLflow alone retries for minutes, then prints the URL), and the folder is free for a rerun.
+        proxy.mode = "create500"
+        refused = tmp_path / "refused"
+        began = time.monotonic()
+        with pytest.raises(UserError, match="could not start the run") as error:
+            train(tiny_config(f"tracking.tracking_uri=http://{TOKEN}@{proxy.uri.removeprefix('http://')}",
+                              output_dir=refused), show_progress=False)  # fmt: skip
+        assert time.monotonic() - began < 120
+        assert TOKEN not in str(error.value) and "***@127.0.0.1" in str(error.value)
+        assert not (refused / "config.yaml").exists()
         proxy.mode = "pass"
 
         output = tmp_path / "run"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from core.tracking import redact_uri
+from core.secrets import redact_uri
 from tests.reliability.conftest import (
     error_lines,
     free_port,
