@@ -300,7 +300,8 @@ def train_in_folder(
             write_text_atomic(output_dir / "config.yaml", to_yaml(without_secrets(config)))
         except OSError as error:
             raise UserError(f"cannot write to output_dir {output_dir}: {error.strerror or error}") from None
-    run = start_run(config, output_dir, accelerator.is_main_process, parent_run_id, run_tags, data_record)
+    tags = {**(run_tags or {}), "train.processes": str(world)}  # the processes of this job, each on its own data
+    run = start_run(config, output_dir, accelerator.is_main_process, parent_run_id, tags, data_record)
     if started is not None:
         started["run"] = run
     if run and not step and config.data.skip_bad:

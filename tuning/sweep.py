@@ -144,7 +144,8 @@ def build_tuner(spec: SweepSpec, context: TrialContext, resume: bool, fitting: i
 
     settings = spec.settings
     if spec.workers > 1:  # the trial only drives Ray Train workers, which hold the CPUs and GPUs
-        resources = {"cpu": 0}
+        # A placement group needs one non-empty bundle; a byte of memory holds no CPU the workers need.
+        resources = {"cpu": 0, "memory": 1}
         concurrent = settings.max_concurrent_trials or fitting
     else:
         resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
