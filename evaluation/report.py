@@ -36,6 +36,13 @@ from evaluation.metrics import (
 # (FAD with any embedding model, CLAP accuracy, the offline scorer), then the diagnostics (memorization).
 CEILING = "real data (ceiling)"
 PUBLISHED_METRICS = ("fad_vggish", "ca_top1", "ca_top5", "ca_top10", "ca_map10")
+# What the study trained and sampled with (the config's defaults): a configuration that changes any of them is
+# not one the study measured, whatever its loss, attention and normalization (runs without the key: as then).
+STUDY_RECIPE = {
+    "train.prediction": "epsilon", "train.loss_weighting": "none", "train.beta_schedule": "linear",
+    "train.zero_terminal_snr": "False", "model.class_dropout": "0.0", "sample.guidance_scale": "1.0",
+    "data.level": "peak", "data.mel_bins": "0", "data.frames": "0",
+}  # fmt: skip
 # The study's published results (FAD, CA top-1, top-5, top-10, mAP@10), keyed by the settings they used.
 PUBLISHED = {
     "L1": ({"train.loss": "l1", "model.attention": "True", "data.normalize": "True"},
@@ -109,6 +116,8 @@ def summarize(
     frame = runs.copy()
     for axis in axes:
         column = f"params.{axis}"
+        if column not in frame.columns and f"tags.{axis}" in frame.columns:  # an axis that is no config key
+            frame[column] = frame[f"tags.{axis}"]  # (a sweep's `variant`): its trials carry it as a tag
         frame[column] = frame[column].astype(str) if column in frame.columns else "?"
     keys = [f"params.{axis}" for axis in axes]
     groups = list(frame.groupby(keys, sort=True, dropna=False)) if keys else [((), frame)]
@@ -185,6 +194,8 @@ def _published_for(group: pd.DataFrame) -> tuple[str, tuple]:
     first = group.iloc[0]
     if not _is_esc50(group):  # the study measured ESC-50's 50 classes: no comparison for another class set
         return "", (math.nan,) * len(PUBLISHED_METRICS)
+    if any(str(first.get(f"params.{key}", value)) != value for key, value in STUDY_RECIPE.items()):
+        return "", (math.nan,) * len(PUBLISHED_METRICS)  # another recipe: not what the study measured
     for label, (settings, values) in PUBLISHED.items():
         if all(str(first.get(f"params.{key}", "")) == value for key, value in settings.items()):
             return label, values

@@ -170,3 +170,33 @@ def test_each_configuration_gets_an_interval_and_a_paired_difference_from_the_ba
     assert other.table.set_index("configuration").loc["loss=l1, attention=True, normalize=False", "baseline"]
     with pytest.raises(report.UserError, match="matches no configuration"):
         report.write_report("report-test", tmp_path / "o3", parent, baseline="loss=l3")
+
+
+def test_variants_group_by_their_tag_and_only_the_studys_recipe_gets_its_numbers(tmp_path: Path, monkeypatch):
+    """A sweep's `variant` axis is a tag, not a config key; a variant of L2 with another recipe (here v-prediction)
+    is not the study's L2, so the study's numbers stay off its row."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    experiment = client.create_experiment("variants", artifact_location=str(tmp_path / "artifacts"))
+    parent = client.create_run(experiment, run_name="sweep").info.run_id
+    logged = {"l2": ("epsilon", [2.0, 2.4, 1.8]), "v_min_snr": ("v_prediction", [1.5, 2.1, 1.4])}
+    for variant, (prediction, fds) in logged.items():
+        for seed, fd in enumerate(fds):
+            tags = {"mlflow.parentRunId": parent, "variant": variant, "sweep.axes": json.dumps(["variant"])}
+            run_id = client.create_run(experiment, tags=tags).info.run_id
+            for key, value in (("train.loss", "l2"), ("model.attention", "True"), ("data.normalize", "True"),
+                               ("train.prediction", prediction), ("seed", seed)):  # fmt: skip
+                client.log_param(run_id, key, value)
+            client.log_metric(run_id, "eval/fd_esc", fd)
+            client.set_terminated(run_id)
+    table = report.write_report("variants", tmp_path / "out", parent, baseline="variant=l2").table
+    table = table.set_index("configuration")
+    assert table.at["variant=l2", "n"] == 3 and table.at["variant=v_min_snr", "n"] == 3
+    assert table.at["variant=l2", "study"] == "L2" and table.at["variant=v_min_snr", "study"] == ""
+    assert table.at["variant=l2", "baseline"]
+    assert table.at["variant=v_min_snr", "fd_esc_diff"] == pytest.approx(statistics.mean([-0.5, -0.3, -0.4]))

@@ -114,6 +114,13 @@ def test_draws_from_the_space_are_seeded_valid_and_shared_by_a_draws_seeds(tmp_p
         ("sweep.evaluate.options={real_row: true}", "real_row"),
         ("sweep.evaluate.options={bootstrap: -1}", "bootstrap"),
         ("data.holdout_recordings=0", "data.holdout_recordings"),
+        # Named configurations: keys, values and the baseline checked like the grid's.
+        ("sweep.variants={odd: {train.colour: red}}", "sweep.variants.odd.train.colour"),
+        ("sweep.variants={odd: {train.loss: l3}}", "sweep.variants.odd"),
+        ("sweep.variants={odd: {train.loss: l1}}", "sweep.variants.odd"),  # a key the grid sweeps
+        ("sweep.variants={odd: 3}", "sweep.variants.odd"),
+        ("sweep.baseline=variant=l2", "sweep.baseline"),  # this sweep has no variants
+        ("sweep.baseline=loss=l3", "sweep.baseline"),
     ],
 )
 def test_bad_keys_and_values_exit_2_naming_the_culprit(override: str, culprit: str, capsys):
@@ -176,3 +183,23 @@ def test_the_sweep_splits_one_quoted_overrides_argument_as_training_does(capsys)
         main(["--config", str(ABLATION_TINY), "train.max_steps=6 train.log_every=2", "sweep.search=bogus"])
     error = capsys.readouterr().err
     assert exit_info.value.code == 2 and "'sweep.search'" in error and "train.max_steps" not in error
+
+
+def test_variants_are_named_configurations_run_with_every_seed():
+    study = load_sweep(REPO / "configs" / "study_cpu.yaml")
+    assert study.axes == ["variant"] and study.trial_count() == len(study.variants) * 3
+    assert study.settings.baseline == "variant=l2" and study.variants["l2"] == {}
+    # The seed's three ablations and, on the baseline, the recipe's axes one at a time.
+    assert {"l1", "no_attention", "no_normalization", "v_min_snr", "cosine", "zero_snr", "cfg_g2", "cfg_g4",
+            "mel64", "level_fixed"} <= set(study.variants)  # fmt: skip
+    config = study.trial_config({"variant": "cfg_g4", "seed": 2})
+    assert (config.model.class_dropout, config.sample.guidance_scale, config.seed) == (0.1, 4.0, 2)
+    assert config.train.loss == "l2" and config.model.attention and config.data.normalize  # the rest: the base
+    mel = study.trial_config({"variant": "mel64", "seed": 0}).data
+    assert (mel.mel_bins, mel.frames) == (64, 32)
+    assert trial_key({"variant": "cosine", "seed": 1}).startswith("variant=cosine,seed=1-")
+    assert [c["variant"] for c in study.configurations()] == list(study.variants)
+
+    variants = ["sweep.variants={a: {}, b: {train.warmup_steps: 3}}", "sweep.baseline=variant=b"]
+    crossed = load_sweep(ABLATION_TINY, variants)
+    assert crossed.trial_count() == 2 * 8 and crossed.axes[0] == "variant"  # with every grid point too

@@ -5,6 +5,7 @@
     sweep:
       name: ablation-tiny
       grid: {train.loss: [l1, l2], model.attention: [true, false], data.normalize: [true, false]}
+      variants: {l2: {}, cosine: {train.beta_schedule: squaredcos_cap_v2}}   # named configurations (optional)
       seeds: [0, 1, 2]
       ...                        # see SweepSettings
 
@@ -19,6 +20,7 @@ import hashlib
 import itertools
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,8 @@ SEARCHES = ("grid", "random", "asha")
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
 # Which draw from `sweep.space` a trial uses: a trial parameter and tag, not a config key.
 SAMPLE_INDEX = "sample_index"
+# Which of `sweep.variants` a trial runs: an axis (a trial parameter and tag) whose values are names.
+VARIANT = "variant"
 
 
 @dataclass
@@ -64,6 +68,9 @@ class AshaSettings:
 class SweepSettings:
     name: str = MISSING
     grid: dict[str, Any] = field(default_factory=dict)  # dotted config key -> list of values
+    # name -> {dotted key: value}: configurations that differ in several keys at once, or one axis at a time
+    # from a base (a study's "on the best, one change each"); run with every grid point and seed
+    variants: dict[str, Any] = field(default_factory=dict)
     space: dict[str, Any] = field(default_factory=dict)  # random/asha: dotted key -> {distribution: args}
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     search: str = "grid"  # grid | random | asha
@@ -80,6 +87,7 @@ class SweepSettings:
     generate: GenerateSettings = field(default_factory=GenerateSettings)
     evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
     asha: AshaSettings = field(default_factory=AshaSettings)
+    baseline: str = ""  # the report's paired differences are from it: "variant=l2" or "loss=l2,attention=True"
 
 
 @dataclass
@@ -89,11 +97,19 @@ class SweepSpec:
     grid: dict[str, list[Any]]  # flat: "train.loss" -> [l1, l2]
     space: dict[str, dict[str, list[Any]]]
     source: str  # the sweep file, for the record
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # flat: "cosine" -> {key: value}
 
     @property
     def axes(self) -> list[str]:
         """Keys whose values tell configurations apart (seeds are repeats, not an axis)."""
-        return list(self.grid) + list(self.space)
+        return ([VARIANT] if self.variants else []) + list(self.grid) + list(self.space)
+
+    def configurations(self) -> Iterator[dict[str, Any]]:
+        """The trial parameters of every variant x grid point (without seed or draws from `space`)."""
+        variants = [{VARIANT: name} for name in self.variants] or [{}]
+        for variant in variants:
+            for values in itertools.product(*self.grid.values()):
+                yield {**variant, **dict(zip(self.grid, values))}
 
     @property
     def stages(self) -> int:
@@ -107,7 +123,7 @@ class SweepSpec:
         return workers
 
     def trial_count(self) -> int:
-        count = len(self.settings.seeds) * self.settings.num_samples
+        count = len(self.settings.seeds) * self.settings.num_samples * max(1, len(self.variants))
         for values in self.grid.values():
             count *= len(values)
         return count
@@ -115,8 +131,9 @@ class SweepSpec:
     def trial_config(self, params: dict[str, Any]) -> Config:
         """The base config with one trial's axis values and seed applied, validated."""
         try:
-            values = {key: value for key, value in params.items() if key != SAMPLE_INDEX}
-            merged = OmegaConf.merge(OmegaConf.structured(Config), self.base, _nest(values))
+            values = {key: value for key, value in params.items() if key not in (SAMPLE_INDEX, VARIANT)}
+            variant = self.variants[params[VARIANT]] if VARIANT in params else {}
+            merged = OmegaConf.merge(OmegaConf.structured(Config), self.base, _nest(variant), _nest(values))
             config: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
         except OmegaConfBaseException as error:
             raise UserError(f"sweep value {params} does not fit the config: {str(error).splitlines()[0]}") from None
@@ -171,6 +188,9 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None) -> S
     for key in ("grid", "space"):  # YAML may spell axes dotted or nested; compare them nested
         if isinstance(raw_sweep.get(key), dict):
             raw_sweep[key] = _nest(raw_sweep[key])
+    if isinstance(raw_sweep.get("variants"), dict):
+        variants = raw_sweep["variants"].items()
+        raw_sweep["variants"] = {name: _nest(v) if isinstance(v, dict) else v for name, v in variants}
     for item in sweep_overrides:  # one at a time, so that the one that cannot be read is named
         try:
             parsed = OmegaConf.to_container(OmegaConf.from_dotlist([item[len("sweep.") :]]), resolve=True)
@@ -181,7 +201,13 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None) -> S
     settings = _structured_settings(raw_sweep, path)
     grid = _flatten_leaves(settings.grid, "sweep.grid", leaf=lambda v: isinstance(v, list))
     space = _flatten_leaves(settings.space, "sweep.space", leaf=_is_distribution)
-    spec = SweepSpec(base=base, settings=settings, grid=grid, space=space, source=str(path.resolve()))
+    variants = {}
+    for name, changes in settings.variants.items():
+        if not isinstance(changes, dict):
+            raise UserError(f"invalid sweep key 'sweep.variants.{name}': expected {{key: value}}, got {changes!r}")
+        variants[str(name)] = _flatten_leaves(changes, f"sweep.variants.{name}", leaf=lambda v: not isinstance(v, dict))
+    spec = SweepSpec(base=base, settings=settings, grid=grid, space=space, source=str(path.resolve()),
+                     variants=variants)  # fmt: skip
     _check(spec)
     return spec
 
@@ -301,7 +327,9 @@ def _flatten_leaves(mapping: dict, where: str, leaf) -> dict[str, Any]:
 def _check(spec: SweepSpec) -> None:
     settings = spec.settings
     known = set(flatten(load_config(None, ["output_dir=unused"])))
-    for where, keys in (("sweep.grid", spec.grid), ("sweep.space", spec.space)):
+    places = [("sweep.grid", spec.grid), ("sweep.space", spec.space)]
+    places += [(f"sweep.variants.{name}", changes) for name, changes in spec.variants.items()]
+    for where, keys in places:
         for key in keys:
             if key not in known:
                 raise UserError(f"invalid sweep key '{where}.{key}': '{key}' is not a config key")
@@ -315,6 +343,10 @@ def _check(spec: SweepSpec) -> None:
     both = set(spec.grid) & set(spec.space)
     if both:
         raise UserError(f"'{sorted(both)[0]}' is in both sweep.grid and sweep.space")
+    for name, changes in spec.variants.items():
+        _require(bool(name.strip()), "variants", "a variant needs a name")
+        swept = sorted(set(changes) & (set(spec.grid) | set(spec.space)))
+        _require(not swept, f"variants.{name}", f"sets {swept[0] if swept else ''}, which the grid or space sweeps")
     for key, distribution in spec.space.items():
         ((name, arguments),) = distribution.items()
         if not isinstance(arguments, list) or not arguments or (name != "choice" and len(arguments) != 2):
@@ -349,14 +381,27 @@ def _check(spec: SweepSpec) -> None:
         max_steps = spec.base["train"]["max_steps"]
         _require(max_steps >= settings.asha.stages, "asha.stages", f"is more than train.max_steps ({max_steps})")
     # Every combination must make a valid config: a bad value fails now, not in trial 37.
-    combinations = itertools.product(*spec.grid.values()) if spec.grid else [()]
-    for values in itertools.islice(combinations, 10000):
-        params = dict(zip(spec.grid, values))
+    for params in itertools.islice(spec.configurations(), 10000):
         params["seed"] = settings.seeds[0]
         try:
             spec.trial_config(params)
         except UserError as error:
-            raise UserError(f"sweep.grid combination {params}: {error}") from None
+            where = f"sweep.variants.{params[VARIANT]}" if VARIANT in params else "sweep.grid combination"
+            raise UserError(f"{where} {params}: {error}") from None
+    _check_baseline(spec)
+
+
+def _check_baseline(spec: SweepSpec) -> None:
+    """`sweep.baseline` names one configuration: axis=value pairs (an axis by its last part) the sweep has."""
+    if not spec.settings.baseline:
+        return
+    for item in spec.settings.baseline.split(","):
+        key, _, value = (part.strip() for part in item.partition("="))
+        axes = [axis for axis in spec.axes if key in (axis, axis.rsplit(".", 1)[-1])]
+        _require(bool(axes and value), "baseline", f"'{item}' is not axis=value (axes: {', '.join(spec.axes)})")
+        values = list(spec.variants) if axes[0] == VARIANT else spec.grid.get(axes[0])
+        if values is not None:
+            _require(value.lower() in {str(v).lower() for v in values}, "baseline", f"{key} has no value '{value}'")
 
 
 def _check_metric(settings: SweepSettings) -> None:

@@ -8,7 +8,6 @@ One parent MLflow run per sweep, one nested child run per trial, the results tab
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ from core.esc50 import is_local_source
 from core.files import write_text_atomic
 from core.secrets import redact_uri
 from core.tracking import check_launcher_run, configure_tracking
-from tuning.spec import SAMPLE_INDEX, SweepSpec, load_sweep, trial_key
+from tuning.spec import SAMPLE_INDEX, VARIANT, SweepSpec, load_sweep, trial_key
 from tuning.trial import FAIL_ONCE_ENV, TrialContext, run_trial
 
 RECORD = "sweep.json"  # <sweep_dir>/sweep.json: the parent run id, kept for --resume
@@ -107,6 +106,8 @@ def param_space(spec: SweepSpec) -> dict[str, Any]:
     from ray import tune
 
     space: dict[str, Any] = {key: tune.grid_search(list(values)) for key, values in spec.grid.items()}
+    if spec.variants:
+        space[VARIANT] = tune.grid_search(list(spec.variants))
     if spec.space:
         # Each draw is one set of values run with every grid point and seed, so seeds stay repeats of
         # one configuration; Tune resolves each trial's values from its draw's index.
@@ -189,8 +190,8 @@ def warm_spectrogram_caches(spec: SweepSpec) -> None:
     from core.spectrograms import build_spectrogram_cache
 
     seen = set()
-    for values in itertools.product(*spec.grid.values()):
-        config = spec.trial_config({**dict(zip(spec.grid, values)), "seed": spec.settings.seeds[0]})
+    for params in spec.configurations():
+        config = spec.trial_config({**params, "seed": spec.settings.seeds[0]})
         key = json.dumps(asdict(config.data), sort_keys=True, default=str)
         if key in seen or not is_local_source(config.data.source):
             continue
@@ -337,7 +338,8 @@ def finish_parent_run(spec: SweepSpec, outcome: SweepOutcome) -> Path | None:
     report_dir = None
     if outcome.finished or outcome.stopped_early:
         report_dir = outcome.sweep_dir / "report"
-        files = write_report(spec.base["tracking"]["experiment"], report_dir, parent_run_id=outcome.parent_run_id)
+        files = write_report(spec.base["tracking"]["experiment"], report_dir, parent_run_id=outcome.parent_run_id,
+                             baseline=spec.settings.baseline)  # fmt: skip
         client.log_artifacts(outcome.parent_run_id, str(report_dir), "report")
         print(files.markdown.read_text())
     status = "FINISHED" if outcome.complete else ("FAILED" if outcome.errored else "KILLED")
