@@ -34,39 +34,47 @@ def peak_tflops(name: str) -> tuple[float, float] | None:
     return None
 
 
-def _model(channels_last: bool, device: str):
+EXPERIMENT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "esc50_64.yaml"
+
+
+def _model(channels_last: bool, device: str, config_path: str | os.PathLike = EXPERIMENT_CONFIG,
+           overrides: tuple[str, ...] = ()):  # fmt: skip
     import torch
 
     from core.config import load_config
     from core.diffusion.network import build_unet
+    from core.spectrograms import mel_settings
 
-    config_path = Path(__file__).resolve().parent.parent / "configs" / "esc50_64.yaml"
-    config = load_config(config_path, ["output_dir=unused"])
-    unet = build_unet(config.model, config.data.resolution).to(device)
+    config = load_config(config_path, ["output_dir=unused", *overrides])
+    unet = build_unet(config.model, mel_settings(config.data).shape).to(device)
     if channels_last:
         unet = unet.to(memory_format=torch.channels_last)
     return unet, config
 
 
-def measure(mode: str, batch: int, steps: int, compile_model: bool = False, device: str = "cuda") -> dict:
+def measure(mode: str, batch: int, steps: int, compile_model: bool = False, device: str = "cuda",
+            config_path: str | os.PathLike = EXPERIMENT_CONFIG, overrides: tuple[str, ...] = ()) -> dict:  # fmt: skip
     """Training and sampling throughput of the experiment UNet in `mode` (fp32 | bf16 | bf16+channels_last).
 
     `device="cpu"` runs the same code without the GPU's memory figures: what the tests exercise.
+    `config_path`/`overrides`: another config's UNet (its mel shape too) instead of the experiment's.
     """
     import torch
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
+    from core.spectrograms import mel_settings
+
     on_gpu = device.startswith("cuda")
     channels_last = mode.endswith("channels_last")
     dtype = torch.bfloat16 if mode.startswith("bf16") else torch.float32
-    unet, config = _model(channels_last, device)
+    unet, config = _model(channels_last, device, config_path, overrides)
     forward = torch.compile(unet) if compile_model else unet
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
-    size = config.data.resolution
+    shape = mel_settings(config.data).shape
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    images = torch.randn(batch, 1, size, size, device=device).to(memory_format=memory_format)
-    labels = torch.randint(0, 50, (batch,), device=device)
+    images = torch.randn(batch, 1, *shape, device=device).to(memory_format=memory_format)
+    labels = torch.randint(0, unet.config.num_class_embeds or 1, (batch,), device=device)
     timesteps = torch.randint(0, 1000, (batch,), device=device)
     synchronize = torch.cuda.synchronize if on_gpu else lambda: None
 
