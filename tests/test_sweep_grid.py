@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_sweep_helpers import ABLATION_TINY, RECIPE_TINY, child_runs, tiny_sweep
+from tests.test_sweep_helpers import ABLATION_TINY, RECIPE_TINY, STUDY_CPU, child_runs, tiny_sweep
 from tuning.sweep import run_sweep
 from tuning.trial import FAIL_ONCE_ENV, KEY_TAG
 
@@ -72,6 +72,35 @@ def test_tiny_grid_gives_eight_child_runs_under_one_parent_and_the_table(
     markdown = (outcome.report_dir / "report.md").read_text()
     assert "Protocol: reference" in markdown and "Difference from the baseline (loss=l2" in markdown
     assert "| representation of loss=l1, attention=False, normalize=False |" in markdown
+    reported = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(outcome.parent_run_id, "report")}
+    assert reported == {"report/report.md", "report/report.csv", "report/report.png"}
+
+
+def test_the_cpu_study_runs_every_variant_at_its_smallest_size(
+    local_ray, mlflow_server, tmp_path: Path, esc50_mini: Path, spectrogram_cache_dir: Path
+):
+    """configs/study_cpu.yaml as recorded, at 1 seed and 2 steps: every variant trains, generates and is scored,
+    and the parent run holds the report, with its paired differences from the fixed baseline."""
+    import mlflow
+
+    spec = tiny_sweep(
+        tmp_path, "study-smallest", mlflow_server, esc50_mini, spectrogram_cache_dir, "sweep.seeds=[0]",
+        "train.max_steps=2", "train.checkpoint_every=2", "train.warmup_steps=1", "sample.steps=2",
+        "sample.griffin_lim_iters=2", "sweep.generate.per_class=1",
+        "sweep.evaluate.options={scorer_epochs: 5, bootstrap: 50}", file=STUDY_CPU,
+    )  # fmt: skip
+    outcome = run_sweep(spec)
+    assert (outcome.finished, outcome.total, outcome.errored) == (len(spec.variants), len(spec.variants), [])
+    mlflow.set_tracking_uri(mlflow_server)
+    children = child_runs(spec, outcome.parent_run_id)
+    assert sorted(run.data.tags["variant"] for run in children) == sorted(spec.variants)
+    by_variant = {run.data.tags["variant"]: run for run in children}
+    assert by_variant["cfg_g4"].data.params["sample.guidance_scale"] == "4.0"
+    assert by_variant["mel64"].data.params["data.mel_bins"] == "64"
+    markdown = (outcome.report_dir / "report.md").read_text()
+    assert "Difference from the baseline (variant=l2)" in markdown
+    for variant in spec.variants:
+        assert f"| variant={variant} | 1 |" in markdown, variant
     reported = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(outcome.parent_run_id, "report")}
     assert reported == {"report/report.md", "report/report.csv", "report/report.png"}
 

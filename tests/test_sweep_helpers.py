@@ -7,6 +7,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 ABLATION_TINY = REPO / "configs" / "ablation_tiny.yaml"
 RECIPE_TINY = REPO / "configs" / "recipe_tiny.yaml"
+STUDY_CPU = REPO / "configs" / "study_cpu.yaml"
 
 
 def tiny_overrides(tmp_path: Path, name: str, tracking_uri: str, esc50_mini: Path, cache: Path) -> list[str]:
