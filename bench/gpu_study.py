@@ -16,7 +16,7 @@
    scorer's table) and OUT/loss.png, logged to the run under `gpu_study/`.
 
 What this path imports: torch, accelerate, diffusers (the UNet, schedulers, EMA), datasets and soundfile
-(the spectrogram cache), numpy, pandas, scikit-learn (the offline scorer), matplotlib (figures) and
+(the spectrogram cache), numpy, pandas, matplotlib (figures) and
 mlflow. Not Ray, and laion_clap / frechet_audio_distance only when their weights are present
 (`tests/test_gpu_study.py` checks that Ray stays unimported).
 """

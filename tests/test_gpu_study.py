@@ -23,7 +23,7 @@ def test_the_gpu_study_runs_at_its_smallest_size_on_the_cpu(tmp_path, esc50_mini
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     arguments = [
-        "--data", str(esc50_mini), "--minutes", "0.4", "--config", str(TINY_CONFIG), "--out", str(tmp_path / "study"),
+        "--data", str(esc50_mini), "--minutes", "0.25", "--config", str(TINY_CONFIG), "--out", str(tmp_path / "study"),
         "--per-class", "1", "--classes", ",".join(str(c) for c in range(12)), "--measure-steps", "1",
         "--ckpt-dir", str(tmp_path / "no-weights"), "--tracking-uri", store, "--no-progress",
         f"data.cache_dir={spectrogram_cache_dir}", "sample.steps=2", "sample.griffin_lim_iters=2",
