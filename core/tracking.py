@@ -90,49 +90,59 @@ def check_launcher_run(configured_uri: str = "") -> None:
 def _erase_run(client, store: str, run_id: str) -> str:
     """Have the run deleted (in a store on this machine, erased with `mlflow gc`); says what will be done.
 
-    `mlflow run` waits on this command to mark its run FAILED, and fails with a traceback if the run is gone
-    by then: a detached process erases it once `mlflow run` (our parent) has exited."""
+    Only a run this launch made (a PROJECT run with no metrics yet) is erased; any other (`mlflow run
+    --run-id` of a run with history) is left for its owner to clean. `mlflow run` waits on this command to
+    mark its run FAILED, and fails with a traceback if the run is gone by then: a detached process erases it
+    once `mlflow run` (our parent) has exited, and prints what it did."""
     import sys
 
-    parent = os.getppid()
     try:
-        launched = client.get_run(run_id).data.tags.get("mlflow.source.type") == "PROJECT"
-    except Exception:
-        launched = False
-    if not launched or parent <= 1:
+        run = client.get_run(run_id)
+    except Exception as error:
+        return f"reading it failed ({one_line_error(error)[:120]}): delete it yourself (`mlflow runs delete`)"
+    if run.data.metrics or run.data.tags.get("mlflow.source.type") != "PROJECT":
+        return "the run has a history, so it is left as it is: delete the param's run yourself or rotate the secret"
+    parent = os.getppid()
+    if parent <= 1:
         return erase_run(store, run_id)
-    code = f"from core.tracking import erase_run; erase_run({store!r}, {run_id!r}, after_pid={parent})"
+    code = f"from core.tracking import erase_run; print(erase_run(run_id={run_id!r}, after_pid={parent}))"
+    # The store goes in the environment, never on a command line (which `ps` shows to every user).
     subprocess.Popen([sys.executable, "-c", code], start_new_session=True, stdin=subprocess.DEVNULL,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    if store.startswith(("http://", "https://")):
-        return "the run is deleted once `mlflow run` exits (the server's admin erases it with `mlflow gc`)"
-    return "the run is erased from the store once `mlflow run` exits"
+                     env={**os.environ, "MLFLOW_TRACKING_URI": store})  # fmt: skip
+    return "it is being erased once `mlflow run` exits (a line says when)"
 
 
-def erase_run(store: str, run_id: str, after_pid: int | None = None) -> str:
-    """Delete the run `run_id` (after process `after_pid` has exited) and, in a local store, erase it for good."""
-    import sys
-
+def erase_run(store: str = "", run_id: str = "", after_pid: int | None = None, wait_seconds: float = 600) -> str:
+    """Delete the run `run_id` (after process `after_pid` has exited, within `wait_seconds`) and, in a local
+    store, erase it for good; `store` defaults to $MLFLOW_TRACKING_URI. Says what was done."""
     from mlflow.tracking import MlflowClient
 
-    while after_pid is not None and _alive(after_pid):
+    store = store or os.environ.get("MLFLOW_TRACKING_URI", "")
+    waited = time.monotonic() + wait_seconds
+    while after_pid is not None and _alive(after_pid) and time.monotonic() < waited:
         time.sleep(0.5)
     try:
         with fail_fast_requests(10, retries=2):
             MlflowClient(store).delete_run(run_id)
     except Exception as error:
-        return f"deleting that run failed ({one_line_error(error)[:120]}): delete it with `mlflow runs delete`"
+        return f"run {run_id}: deleting it failed ({one_line_error(error)[:120]}): delete it with `mlflow runs delete`"
     if store.startswith(("http://", "https://")):
-        return f"the run is deleted (the server's admin erases it with `mlflow gc --run-ids {run_id}`)"
-    erase = [sys.executable, "-m", "mlflow", "gc", "--backend-store-uri", store, "--run-ids", run_id]
+        return f"run {run_id} is deleted (the server's admin erases it with `mlflow gc --run-ids {run_id}`)"
+    from mlflow.cli import gc  # `mlflow gc`, called here: the store never appears on a command line
+
     try:
-        erased = subprocess.run(erase, capture_output=True, timeout=120).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        erased = False
-    return "the run is erased from the store" if erased else f"the run is deleted; `{' '.join(erase[1:])}` erases it"
+        gc.main(["--backend-store-uri", store, "--run-ids", run_id], standalone_mode=False)
+    except Exception as error:
+        return f"run {run_id} is deleted; erasing it failed ({one_line_error(error)[:120]}): run `mlflow gc`"
+    return f"run {run_id} is erased from the store"
 
 
 def _alive(pid: int) -> bool:
+    try:  # an exited process its parent has not reaped yet (a zombie) has ended all the same
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    except (OSError, IndexError):
+        pass
     try:
         os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:

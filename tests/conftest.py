@@ -16,6 +16,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
 # Hypothesis keeps its example database in ./.hypothesis by default: in the checkout. Kept in /tmp instead.
 os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), "esc50-hypothesis"))
+# Under pytest-xdist (`make test` runs two workers on CI's two cores) each worker's torch gets one thread, and so
+# does every process it starts: two workers with a thread pool each would fight for the same cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Every Ray the tests start listens on 127.0.0.1 only (see tuning/cluster.py); set before ray is imported.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 

@@ -90,11 +90,13 @@ def test_a_credential_in_mlflow_run_parameters_is_refused_and_its_run_erased(tmp
     deadline = time.monotonic() + 60
     while stored() and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert stored() == [], "the run holding the token is still in the store"
+    assert stored() == [], "the run holding the token is still in the store (deleted or not)"
+    assert "is erased from the store" in result.stdout  # the eraser says what it did, once `mlflow run` ended
 
 
 def test_a_tracking_uri_other_than_the_launchers_store_is_refused(tmp_path, monkeypatch) -> None:
     import mlflow
+    from mlflow.entities import ViewType
 
     from core.errors import UserError
     from core.tracking import check_launcher_run
@@ -107,10 +109,14 @@ def test_a_tracking_uri_other_than_the_launchers_store_is_refused(tmp_path, monk
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     check_launcher_run(store)  # the same store (or none given): fine
     check_launcher_run("")
-    with pytest.raises(UserError, match=r"is not the store `mlflow run` made this command's run in"):
+    with pytest.raises(UserError, match=r"is not the store `mlflow run` made this command's run in") as error:
         check_launcher_run(f"http://bob:{TOKEN}@127.0.0.1:5000")  # the run does not exist there
+    assert TOKEN not in str(error.value)
+    client.log_param(run_id, "notes", "see http://example.org/?keyword=x and ssh://git@host/repo")  # look-alikes
+    check_launcher_run(store)
     client.log_param(run_id, "overrides", f"tracking.tracking_uri=http://{TOKEN}@host")  # a token-only URI
+    client.log_metric(run_id, "train/loss", 1.0)  # a run with a history (`mlflow run --run-id` of an old one)
     with pytest.raises(UserError, match=r"-P overrides holds a credential") as error:
         check_launcher_run(store)
-    assert TOKEN not in str(error.value)
-    assert client.search_runs([experiment]) == []  # not launched by `mlflow run` (no PROJECT tag): erased at once
+    assert TOKEN not in str(error.value) and "left as it is" in str(error.value)
+    assert [run.info.run_id for run in client.search_runs([experiment], run_view_type=ViewType.ALL)] == [run_id]

@@ -20,11 +20,19 @@ SECRET = "s3cr3t"
         (f"http://host/?access_token={SECRET}", "http://host/?access_token=***"),
         (f"s3://bucket/k?X-Amz-Signature={SECRET}", "s3://bucket/k?X-Amz-Signature=***"),
         (f"failed: 'http://a:{SECRET}@h/api/2.0' then http://b:{SECRET}@g", "failed: 'http://***@h/api/2.0' then http://***@g"),
+        (f"http://alice:p@{SECRET}@host/x", "http://***@host/x"),  # an @ in the password
+        (f"http://host/?pwd={SECRET}", "http://host/?pwd=***"),
     ],
 )  # fmt: skip
 def test_every_form_of_url_credential_is_redacted(text, shown):
     assert redact_text(text) == shown and SECRET not in redact_text(text)
     assert has_credentials(text)
+
+
+def test_only_certain_credentials_stop_a_command():
+    # Hidden in messages all the same, but not reasons to refuse (and erase a run): look-alikes.
+    for text in ("http://example.org/?keyword=a&author=b", "ssh://git@github.com/o/r", "http://h/?design=x"):
+        assert not has_credentials(text), text
 
 
 def test_text_without_credentials_is_left_as_it_is():

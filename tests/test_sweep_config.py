@@ -203,3 +203,19 @@ def test_variants_are_named_configurations_run_with_every_seed():
     variants = ["sweep.variants={a: {}, b: {train.warmup_steps: 3}}", "sweep.baseline=variant=b"]
     crossed = load_sweep(ABLATION_TINY, variants)
     assert crossed.trial_count() == 2 * 8 and crossed.axes[0] == "variant"  # with every grid point too
+
+
+def test_a_sweep_without_address_starts_its_own_ray_even_where_one_is_advertised(tmp_path: Path):
+    """RAY_ADDRESS (left by another Ray in the environment) or a `ray start` cluster on the machine: ray.init()
+    would join it and refuse num_cpus; the sweep's own local Ray is what no --address means."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import ray; from tuning.cluster import connect; assert connect(None, 1); "
+            "print('cpus', ray.cluster_resources()['CPU']); ray.shutdown()")  # fmt: skip
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:1"}  # nothing listens there
+    completed = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                               timeout=180)  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "cpus 1.0" in completed.stdout

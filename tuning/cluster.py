@@ -43,7 +43,9 @@ def connect(address: str | None, num_cpus: int | None) -> bool:
         return True
     if ray_constants.ENABLE_RAY_CLUSTER and os.environ.get(LOOPBACK_ONLY_SWITCH) != "1":
         log.warning("ray was imported before the sweep started it: the local Ray listens on all interfaces")
-    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False)
+    # "local": a Ray of its own, even where RAY_ADDRESS is set or a `ray start` cluster runs on this machine
+    # (which ray.init() would join instead, refusing num_cpus); joining one is what --address is for.
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False)
     return True
 
 
