@@ -58,13 +58,24 @@ def measure_modes(config_path: str, overrides: list[str], batch: int, steps: int
     return rows
 
 
+def measured_rate(rows: list[dict], precision: str, phase: str) -> float:
+    """Samples/s measured for `phase` (train | sample) in the mode that `precision` trains and samples in."""
+    mode = "bf16" if precision == "bf16" else "fp32"
+    rates = [row[phase]["samples_per_s"] for row in rows if row.get("mode") == mode and phase in row]
+    if not rates:
+        raise UserError(f"no {mode} {phase} rate was measured to plan the budget (see the throughput table)")
+    return rates[0]
+
+
 def planned_steps(seconds: float, rows: list[dict], precision: str, batch_size: int) -> int:
     """Training steps that fit in `seconds` at the rate measured for `precision` (at least one)."""
-    mode = "bf16" if precision == "bf16" else "fp32"
-    rates = [row["train"]["samples_per_s"] for row in rows if row.get("mode") == mode and "train" in row]
-    if not rates:
-        raise UserError(f"no {mode} training rate was measured to plan the steps (see the throughput table)")
-    return max(1, math.floor(seconds * rates[0] / batch_size * EFFICIENCY))
+    return max(1, math.floor(seconds * measured_rate(rows, precision, "train") / batch_size * EFFICIENCY))
+
+
+def generation_seconds(clips: int, sampler_steps: int, rows: list[dict], precision: str) -> float:
+    """Time to generate and score `clips`: their denoising steps at the measured rate, doubled for the vocoder,
+    the embeddings and the rest (what the record's spent seconds show to be about right, or not)."""
+    return 2 * clips * sampler_steps / measured_rate(rows, precision, "sample")
 
 
 def loss_plot(losses: dict[int, float], path: Path) -> None:
@@ -103,7 +114,8 @@ def run_study(args: argparse.Namespace) -> dict:
     if (out / "run" / "config.yaml").exists():
         raise UserError(f"{out / 'run'} already holds a run: give another --out")
     on_gpu = torch.cuda.is_available()
-    precision = "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "no"
+    # The config's own train.mixed_precision wins; else bf16 where the GPU has it.
+    precision = config.train.mixed_precision or ("bf16" if on_gpu and torch.cuda.is_bf16_supported() else "no")
     record: dict = {"device": torch.cuda.get_device_name(0) if on_gpu else "cpu", "minutes": args.minutes,
                     "config": str(args.config), "overrides": list(args.overrides), "precision": precision}  # fmt: skip
     spent: dict[str, float] = {}
@@ -117,8 +129,14 @@ def run_study(args: argparse.Namespace) -> dict:
     build_spectrogram_cache(config.data, show_progress=not args.no_progress)
     spent["cache"] = time.monotonic() - started
 
-    training_seconds = max(0.0, (deadline - time.monotonic()) * args.train_share)
+    from core.spectrograms import data_classes
+
+    left = deadline - time.monotonic()
+    clips = args.per_class * (len(args.classes) or len(data_classes(config.data)))
+    generating = generation_seconds(clips, config.sample.steps, record["throughput"], precision)
+    training_seconds = max(0.0, min(left * args.train_share, left - generating))
     steps = planned_steps(training_seconds, record["throughput"], precision, config.train.batch_size)
+    record["planned_generation_seconds"] = generating
     config.train.max_steps = steps
     config.train.warmup_steps = min(config.train.warmup_steps, steps // 10)
     config.train.checkpoint_every = steps  # one checkpoint, at the end: the budget goes to training
@@ -163,7 +181,8 @@ def study_markdown(record: dict, scorer_table: str) -> str:
     spent = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in record["spent_seconds"].items())
     lines = [
         f"# GPU study on {record['device']} ({record['minutes']:g}-minute budget)", "",
-        f"Config {record['config']} {' '.join(record['overrides'])}; {record['steps']} steps in {record['precision']} "
+        f"Config {record['config']} {' '.join(record['overrides'])}; {record['steps']} steps in "
+        f"{'fp32' if record['precision'] == 'no' else record['precision']} "
         f"(planned for {record['planned_training_seconds']:.0f} s); spent: {spent}.", "",
         "```", format_gpu_table({"gpu": record["device"], "modes": record["throughput"]}), "```", "",
         scorer_table,

@@ -254,8 +254,8 @@ def git_commit() -> str:
 @contextlib.contextmanager
 def fail_fast_requests(timeout_seconds: int = 5, retries: int = 0) -> Iterator[None]:
     """One quick try per MLflow HTTP call (or `retries` more) instead of the client's default (7 retries with
-    backoff, minutes against a stopped server): a failed call costs nothing, since `RunLogger` keeps what it could
-    not send and retries it, within its deadline after training."""
+    backoff, minutes against a stopped server). In the loop a failed call costs nothing, since `RunLogger` keeps
+    what it could not send and retries it within its deadline; at a run's start it fails the job in one line."""
     names = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_seconds)}
     saved = {name: os.environ.get(name) for name in names}
     os.environ.update(names)

@@ -177,6 +177,8 @@ def _baseline_index(table: pd.DataFrame, axes: list[str], baseline: str) -> int:
     found = table.index[[all(str(table.at[i, a]).lower() == v.lower() for a, v in wanted.items()) for i in table.index]]
     if not len(found):
         raise UserError(f"--baseline '{baseline}' matches no configuration of the report")
+    if len(found) > 1:  # differences from "one of them" would mean nothing in particular
+        raise UserError(f"--baseline '{baseline}' matches {len(found)} configurations: name every axis that differs")
     return int(found[0])
 
 
@@ -194,12 +196,17 @@ def _published_for(group: pd.DataFrame) -> tuple[str, tuple]:
     first = group.iloc[0]
     if not _is_esc50(group):  # the study measured ESC-50's 50 classes: no comparison for another class set
         return "", (math.nan,) * len(PUBLISHED_METRICS)
-    if any(str(first.get(f"params.{key}", value)) != value for key, value in STUDY_RECIPE.items()):
+    if any(not _is_default(first.get(f"params.{key}"), value) for key, value in STUDY_RECIPE.items()):
         return "", (math.nan,) * len(PUBLISHED_METRICS)  # another recipe: not what the study measured
     for label, (settings, values) in PUBLISHED.items():
         if all(str(first.get(f"params.{key}", "")) == value for key, value in settings.items()):
             return label, values
     return "", (math.nan,) * len(PUBLISHED_METRICS)
+
+
+def _is_default(logged, default: str) -> bool:
+    """A recipe param as the study had it: the default, or not logged (older runs, mixed with newer ones: NaN)."""
+    return logged is None or (isinstance(logged, float) and math.isnan(logged)) or str(logged) == default
 
 
 def _is_esc50(runs: pd.DataFrame) -> bool:

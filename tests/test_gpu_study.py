@@ -23,7 +23,7 @@ def test_the_gpu_study_runs_at_its_smallest_size_on_the_cpu(tmp_path, esc50_mini
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     arguments = [
-        "--data", str(esc50_mini), "--minutes", "0.25", "--config", str(TINY_CONFIG), "--out", str(tmp_path / "study"),
+        "--data", str(esc50_mini), "--minutes", "0.5", "--config", str(TINY_CONFIG), "--out", str(tmp_path / "study"),
         "--per-class", "1", "--classes", ",".join(str(c) for c in range(12)), "--measure-steps", "1",
         "--ckpt-dir", str(tmp_path / "no-weights"), "--tracking-uri", store, "--no-progress",
         f"data.cache_dir={spectrogram_cache_dir}", "sample.steps=2", "sample.griffin_lim_iters=2",
@@ -41,7 +41,7 @@ def test_the_gpu_study_runs_at_its_smallest_size_on_the_cpu(tmp_path, esc50_mini
     assert record["device"] == "cpu" and record["precision"] == "no"
     (fp32,) = record["throughput"]  # off the GPU only the mode the CPU trains in
     assert fp32["mode"] == "fp32" and fp32["train"]["samples_per_s"] > 0 and fp32["train"]["mfu"] is None
-    assert record["steps"] >= 1 and record["planned_training_seconds"] > 0
+    assert record["planned_training_seconds"] > 0 and record["planned_generation_seconds"] > 0
     assert set(record["spent_seconds"]) == {"measure", "cache", "train", "generate_and_score", "total"}
     assert len(record["losses"]) >= 1 and "fd_esc" in record["metrics"] and "esc_top1" in record["metrics"]
     assert "fad_vggish" not in record["metrics"]  # no weights, no FAD: left out, not faked

@@ -200,3 +200,8 @@ def test_variants_group_by_their_tag_and_only_the_studys_recipe_gets_its_numbers
     assert table.at["variant=l2", "study"] == "L2" and table.at["variant=v_min_snr", "study"] == ""
     assert table.at["variant=l2", "baseline"]
     assert table.at["variant=v_min_snr", "fd_esc_diff"] == pytest.approx(statistics.mean([-0.5, -0.3, -0.4]))
+
+
+def test_a_recipe_param_older_runs_did_not_log_counts_as_the_studys():
+    assert report._is_default(float("nan"), "epsilon") and report._is_default(None, "epsilon")
+    assert report._is_default("epsilon", "epsilon") and not report._is_default("v_prediction", "epsilon")

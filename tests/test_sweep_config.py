@@ -116,11 +116,13 @@ def test_draws_from_the_space_are_seeded_valid_and_shared_by_a_draws_seeds(tmp_p
         ("data.holdout_recordings=0", "data.holdout_recordings"),
         # Named configurations: keys, values and the baseline checked like the grid's.
         ("sweep.variants={odd: {train.colour: red}}", "sweep.variants.odd.train.colour"),
-        ("sweep.variants={odd: {train.loss: l3}}", "sweep.variants.odd"),
+        ("sweep.variants={odd: {train.prediction: bogus}}", "train.prediction"),
+        ("sweep.variants={'a,b': {}}", "variant name"),
         ("sweep.variants={odd: {train.loss: l1}}", "sweep.variants.odd"),  # a key the grid sweeps
         ("sweep.variants={odd: 3}", "sweep.variants.odd"),
         ("sweep.baseline=variant=l2", "sweep.baseline"),  # this sweep has no variants
         ("sweep.baseline=loss=l3", "sweep.baseline"),
+        ("sweep.baseline=loss=l2", "name model.attention, data.normalize too"),  # several configurations
     ],
 )
 def test_bad_keys_and_values_exit_2_naming_the_culprit(override: str, culprit: str, capsys):
@@ -200,7 +202,8 @@ def test_variants_are_named_configurations_run_with_every_seed():
     assert trial_key({"variant": "cosine", "seed": 1}).startswith("variant=cosine,seed=1-")
     assert [c["variant"] for c in study.configurations()] == list(study.variants)
 
-    variants = ["sweep.variants={a: {}, b: {train.warmup_steps: 3}}", "sweep.baseline=variant=b"]
+    variants = ["sweep.variants={a: {}, b: {train.warmup_steps: 3}}",
+                "sweep.baseline=variant=b,loss=l2,attention=True,normalize=True"]  # fmt: skip
     crossed = load_sweep(ABLATION_TINY, variants)
     assert crossed.trial_count() == 2 * 8 and crossed.axes[0] == "variant"  # with every grid point too
 

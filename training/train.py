@@ -564,6 +564,8 @@ def start_run(
     try:  # the server passed the start check; a few quick tries each, then one line (never minutes of retries)
         with fail_fast_requests(15, retries=2):
             return open_run(config, output_dir, parent_run_id, run_tags, data_record)
+    except UserError:
+        raise  # already one line (an unsent file that cannot be read, say)
     except Exception as error:
         if not (output_dir / "run.json").is_file():  # a fresh run: the folder is released for a rerun
             (output_dir / "config.yaml").unlink(missing_ok=True)
@@ -587,6 +589,8 @@ def open_run(
         if unsent.is_file():  # what an earlier job could not send goes first, in order
             log.info("%s", replay_unsent(unsent))
         client.update_run(run_id, status="RUNNING")
+        if run_tags and "train.processes" in run_tags:  # a resume may run on another number of processes
+            client.set_tag(run_id, "train.processes", run_tags["train.processes"])
         logger = RunLogger(run_id, unsent_file=unsent)
         # Steps trained after the last checkpoint of a crashed job were logged; replayed, they are not again.
         history = client.get_metric_history(run_id, "train/loss")

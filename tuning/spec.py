@@ -20,6 +20,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -344,7 +345,8 @@ def _check(spec: SweepSpec) -> None:
     if both:
         raise UserError(f"'{sorted(both)[0]}' is in both sweep.grid and sweep.space")
     for name, changes in spec.variants.items():
-        _require(bool(name.strip()), "variants", "a variant needs a name")
+        _require(bool(re.fullmatch(r"[A-Za-z0-9_.-]+", name)), "variants",
+                 f"variant name '{name}' may hold only letters, digits, '_', '.' and '-'")  # fmt: skip
         swept = sorted(set(changes) & (set(spec.grid) | set(spec.space)))
         _require(not swept, f"variants.{name}", f"sets {swept[0] if swept else ''}, which the grid or space sweeps")
     for key, distribution in spec.space.items():
@@ -386,7 +388,7 @@ def _check(spec: SweepSpec) -> None:
         try:
             spec.trial_config(params)
         except UserError as error:
-            where = f"sweep.variants.{params[VARIANT]}" if VARIANT in params else "sweep.grid combination"
+            where = "sweep variant and grid combination" if VARIANT in params else "sweep.grid combination"
             raise UserError(f"{where} {params}: {error}") from None
     _check_baseline(spec)
 
@@ -395,6 +397,7 @@ def _check_baseline(spec: SweepSpec) -> None:
     """`sweep.baseline` names one configuration: axis=value pairs (an axis by its last part) the sweep has."""
     if not spec.settings.baseline:
         return
+    named: set[str] = set()
     for item in spec.settings.baseline.split(","):
         key, _, value = (part.strip() for part in item.partition("="))
         axes = [axis for axis in spec.axes if key in (axis, axis.rsplit(".", 1)[-1])]
@@ -402,6 +405,16 @@ def _check_baseline(spec: SweepSpec) -> None:
         values = list(spec.variants) if axes[0] == VARIANT else spec.grid.get(axes[0])
         if values is not None:
             _require(value.lower() in {str(v).lower() for v in values}, "baseline", f"{key} has no value '{value}'")
+        named.add(axes[0])
+    # One configuration, not several: a difference from "variant=b" of a grid would be from any of its points.
+    unnamed = [axis for axis in spec.axes if axis not in named and len(_values(spec, axis)) > 1]
+    _require(not unnamed, "baseline", f"matches several configurations: name {', '.join(unnamed)} too")
+
+
+def _values(spec: SweepSpec, axis: str) -> list:
+    if axis == VARIANT:
+        return list(spec.variants)
+    return list(spec.grid.get(axis, [None, None]))  # a `space` axis: drawn, never one value
 
 
 def _check_metric(settings: SweepSettings) -> None:
