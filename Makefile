@@ -23,7 +23,7 @@ demo: install
 
 test: install
 	$(PYTHON) -m ruff check .
-	$(PYTHON) -m pytest -q -ra
+	$(PYTHON) -m pytest -q -ra -n 2 --dist loadfile  # two workers, a test file each: CI's two cores
 
 lint: install
 	$(PYTHON) -m ruff check .
