@@ -617,13 +617,28 @@ def open_run(
         client.log_batch(run_id, params=params, tags=[mlflow.entities.RunTag(k, str(v)) for k, v in tags.items()])
         client.log_artifact(run_id, str(output_dir / "config.yaml"))
         if data_record:
-            log_training_data(client, run_id, config, data_record)
+            log_training_data_once(client, run_id, config, data_record)
         write_text_atomic(record, json.dumps({"mlflow_run_id": run_id}))
     except BaseException:
         with contextlib.suppress(Exception):  # a run that never trained does not stay RUNNING
             client.set_terminated(run_id, "FAILED")
         raise
     return RunLogger(run_id, unsent_file=unsent)
+
+
+def log_training_data_once(client, run_id: str, config: Config, data_record: dict) -> None:
+    """`log_training_data`, tolerant of runs started at once: MLflow's SQL store creates a data set on first use,
+    and two runs of one sweep logging the same clips race on its unique key. The second try finds it made; the
+    run's training goes on without the link, said in a warning, if that fails too (the clips are in audio.json)."""
+    for attempt in range(2):
+        try:
+            return log_training_data(client, run_id, config, data_record)
+        except Exception as error:  # mlflow's RestException / MlflowException wrapping an IntegrityError
+            if attempt:
+                log.warning("the training clips were not logged as the run's input data set (%s); they are "
+                            "listed in the model's audio.json", one_line_error(error)[:160])  # fmt: skip
+            else:
+                time.sleep(0.5)
 
 
 def log_training_data(client, run_id: str, config: Config, data_record: dict) -> None:

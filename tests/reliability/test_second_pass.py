@@ -379,3 +379,37 @@ def test_a_tracking_server_failing_mid_run_bounds_the_end_and_keeps_what_was_not
         assert {f.path for f in client.list_artifacts(run_id)} >= {"model", "samples"}
     finally:
         proxy.close()
+
+
+def test_runs_started_at_once_all_log_their_shared_training_clips(tmp_path):
+    """A sweep's trials start together and log the same clips as their input: MLflow's SQL store creates the
+    data set on first use, and the racing runs hit its unique key (the CPU study's first two trials did)."""
+    import threading
+
+    from core.config import load_config
+    from tests.conftest import TINY_CONFIG
+    from training.train import log_training_data_once
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("race", artifact_location=(tmp_path / "artifacts").as_uri())
+    config = load_config(TINY_CONFIG, [f"output_dir={tmp_path / 'run'}"])
+    failures = []
+    for attempt in range(4):  # a few rounds: the race is lost most rounds, not every one
+        record = {"filenames": ["1-1-A-0.wav", "1-2-A-0.wav"], "digest": f"digest-{attempt}", "source": "/data"}
+        runs = [client.create_run(experiment).info.run_id for _ in range(4)]
+        together = threading.Barrier(len(runs))
+
+        def log(run_id: str, together: threading.Barrier = together, record: dict = record) -> None:
+            together.wait()
+            try:
+                log_training_data_once(client, run_id, config, record)
+            except Exception as error:
+                failures.append(error)
+
+        threads = [threading.Thread(target=log, args=(run_id,)) for run_id in runs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert all(len(client.get_run(run_id).inputs.dataset_inputs) == 1 for run_id in runs), attempt
+    assert failures == []
