@@ -118,18 +118,21 @@ class Stopwatch:
         self.seconds = time.perf_counter() - self.start
 
 
-def scaled_source(source: str, copies: int, dest: Path, as_wav: bool = False) -> str:
+def scaled_source(source: str, copies: int, dest: Path, as_wav: bool = False, per_class: int = 0) -> str:
     """An ESC-50 folder holding every clip of `source` `copies` times (symlinks under new names).
 
     Same audio, same folds and classes, `copies` x as many files: the scale-up that stands in for
     the full 2,000-clip ESC-50 where only esc50-mini is at hand. `as_wav` first converts each clip
-    to 16-bit WAV at its own rate, the format of the full ESC-50 (esc50-mini is FLAC).
+    to 16-bit WAV at its own rate, the format of the full ESC-50 (esc50-mini is FLAC). `per_class` > 0
+    keeps only the first that many clips of each class (`--quick`: proves the stage runs, in less time).
     """
     from core.esc50 import read_clips
 
-    if copies <= 1 and not as_wav:
+    if copies <= 1 and not as_wav and not per_class:
         return source
     clips = read_clips(source)
+    if per_class:
+        clips = clips.groupby("target", sort=False).head(per_class).reset_index(drop=True)
     audio = dest / "audio"
     audio.mkdir(parents=True, exist_ok=True)
     (dest / "meta").mkdir(exist_ok=True)

@@ -35,6 +35,7 @@ from evaluation.metrics import (
 # The report summarizes every registered (evaluation.metrics) distance and ranking metric the runs logged
 # (FAD with any embedding model, CLAP accuracy, the offline scorer), then the diagnostics (memorization).
 CEILING = "real data (ceiling)"
+MIXED_PROTOCOL = "mixed"  # a configuration whose runs were scored under different protocols
 PUBLISHED_METRICS = ("fad_vggish", "ca_top1", "ca_top5", "ca_top10", "ca_map10")
 # What the study trained and sampled with (the config's defaults): a configuration that changes any of them is
 # not one the study measured, whatever its loss, attention and normalization (runs without the key: as then).
@@ -119,6 +120,7 @@ def summarize(
         if column not in frame.columns and f"tags.{axis}" in frame.columns:  # an axis that is no config key
             frame[column] = frame[f"tags.{axis}"]  # (a sweep's `variant`): its trials carry it as a tag
         frame[column] = frame[column].astype(str) if column in frame.columns else "?"
+    frame["protocol"] = [_protocol_text(run) for _, run in frame.iterrows()]
     keys = [f"params.{axis}" for axis in axes]
     groups = list(frame.groupby(keys, sort=True, dropna=False)) if keys else [((), frame)]
     rows, per_seed = [], []
@@ -127,12 +129,15 @@ def summarize(
         row: dict = {"configuration": ", ".join(f"{a.rsplit('.', 1)[-1]}={v}" for a, v in zip(axes, values)) or "all"}
         row.update(dict(zip(axes, values)))
         row["n"] = len(group)
+        protocols = group["protocol"].unique()
+        row["protocol"] = protocols[0] if len(protocols) == 1 else MIXED_PROTOCOL
         for metric in metrics:
             series = group[f"metrics.{metric}"].dropna()
             row[f"{metric}_mean"] = float(series.mean()) if len(series) else math.nan
             row[f"{metric}_std"] = float(series.std(ddof=1)) if len(series) > 1 else math.nan
             row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = t_interval(series.to_numpy())
-        for extra in [f"{REPRESENTATION_PREFIX}{m}" for m in metrics] + list(diagnostic_metrics()):
+        extras = [f"{prefix}{m}" for prefix in (REPRESENTATION_PREFIX, REAL_PREFIX) for m in metrics]
+        for extra in extras + list(diagnostic_metrics()):
             if f"metrics.{extra}" in group.columns and group[f"metrics.{extra}"].notna().any():
                 row[f"{extra}_mean"] = float(group[f"metrics.{extra}"].mean())
         label, published = _published_for(group)
@@ -183,13 +188,32 @@ def _baseline_index(table: pd.DataFrame, axes: list[str], baseline: str) -> int:
 
 
 def _add_differences(table: pd.DataFrame, per_seed: list[dict], metrics: list[str], baseline: int) -> None:
+    """Paired differences from the baseline, only for configurations scored under the baseline's protocol.
+
+    A configuration that changes how clips are scored (`data.level` changes the scorer's preprocessing of real
+    and generated clips alike) has numbers on another scale: its difference would mix the recipe's effect with
+    the protocol's, so it is left out (`comparable` False) and the report says why.
+    """
     table["baseline"] = table.index == baseline
+    base_protocol = table.at[baseline, "protocol"]
+    table["comparable"] = (table["protocol"] == base_protocol) & (base_protocol != MIXED_PROTOCOL)
     for metric in metrics:
-        differences = [paired_difference(seeds[metric], per_seed[baseline][metric]) for seeds in per_seed]
+        differences = [
+            paired_difference(seeds[metric], per_seed[baseline][metric]) if comparable else (math.nan,) * 3 + (0,)
+            for seeds, comparable in zip(per_seed, table["comparable"])
+        ]
         table[f"{metric}_diff"] = [d[0] for d in differences]
         table[f"{metric}_diff_low"] = [d[1] for d in differences]
         table[f"{metric}_diff_high"] = [d[2] for d in differences]
         table[f"{metric}_pairs"] = [d[3] for d in differences]
+
+
+def _protocol_text(run: pd.Series) -> str:
+    """The protocol one run was scored under (its `evaluation.*` tags), as the report prints it; '' if untagged."""
+    from evaluation.protocol import protocol_lines
+
+    tags = {c[len("tags.") :]: str(v) for c, v in run.items() if c.startswith("tags.evaluation.") and pd.notna(v)}
+    return "\n".join(protocol_lines(tags)) if tags else ""
 
 
 def _published_for(group: pd.DataFrame) -> tuple[str, tuple]:
@@ -266,12 +290,33 @@ def to_markdown(table: pd.DataFrame, protocol: list[str] | None = None) -> str:
             "nothing else."
         )
     configurations = table[table["configuration"] != CEILING]
+    other = _other_protocols(configurations)
+    if other:
+        parts.append(other)
     if "baseline" in table.columns and len(configurations) > 1:
         parts.append(_differences_markdown(configurations, metrics))
     ceilings = _ceilings_markdown(table, metrics)
     if ceilings:
         parts.append(ceilings)
     return "\n\n".join(parts) + "\n"
+
+
+def _other_protocols(configurations: pd.DataFrame) -> str:
+    """What differs for configurations not scored like the baseline (the protocol printed above is the baseline's)."""
+    if "comparable" not in configurations.columns or configurations["comparable"].astype(bool).all():
+        return ""
+    base = configurations[configurations["baseline"].astype(bool)].iloc[0]
+    base_lines = set(str(base["protocol"]).split("\n"))
+    lines = ["**Scored under another protocol than the baseline** (the protocol above is the baseline's): these "
+             "configurations' numbers are on another scale, so no difference from the baseline is computed; compare "
+             "each with its own real ceiling (in the ceilings table)."]  # fmt: skip
+    for _, row in configurations[~configurations["comparable"].astype(bool)].iterrows():
+        if row["protocol"] == MIXED_PROTOCOL:
+            lines.append(f"- {row['configuration']}: its runs were scored under different protocols")
+            continue
+        differing = [line for line in str(row["protocol"]).split("\n") if line not in base_lines]
+        lines.append(f"- {row['configuration']}: " + " ".join(differing or ["(untagged)"]))
+    return "\n".join(lines)
 
 
 def _published_cell(row: pd.Series, metric: str) -> str:
@@ -298,7 +343,9 @@ def _differences_markdown(table: pd.DataFrame, metrics: list[str]) -> str:
         cells = [str(row["configuration"]), str(pairs)]
         for metric in metrics:
             mean, low, high = (row.get(f"{metric}_diff{s}") for s in ("", "_low", "_high"))
-            if mean is None or math.isnan(mean):
+            if not row.get("comparable", True):
+                cells.append("– (another protocol)")
+            elif mean is None or math.isnan(mean):
                 cells.append("–")
             elif low is None or math.isnan(low):
                 cells.append(f"{mean:+.3g} (one pair: no interval)")
@@ -323,6 +370,9 @@ def _ceilings_markdown(table: pd.DataFrame, metrics: list[str]) -> str:
             "| real data | " + " | ".join(_mean_std(ceiling.iloc[0].get(f"{m}_mean"), None) for m in represented) + " |"
         )
     for _, row in table[table["configuration"] != CEILING].iterrows():
+        if not row.get("comparable", True):  # its own real ceiling: the real clips scored under its protocol
+            cells = [_mean_std(row.get(f"{REAL_PREFIX}{m}_mean"), None) for m in represented]
+            lines.append(f"| real data, scored as for {row['configuration']} | " + " | ".join(cells) + " |")
         cells = [_mean_std(row.get(f"{REPRESENTATION_PREFIX}{m}_mean"), None) for m in represented]
         lines.append(f"| representation of {row['configuration']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -392,16 +442,21 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     files = ReportFiles(out / "report.md", out / "report.csv", out / "report.png", table)
     title = f"# Results: {experiment}" + (f" (sweep run {parent_run_id})" if parent_run_id else "") + "\n\n"
-    write_text_atomic(files.markdown, title + to_markdown(table, _protocol(runs)))
+    write_text_atomic(files.markdown, title + to_markdown(table, _protocol(runs, table)))
     write_text_atomic(files.csv, table.to_csv(index=False))
     plot(table, files.figure)
     return files
 
 
-def _protocol(runs: pd.DataFrame) -> list[str]:
-    """The evaluation protocol the runs were scored under (their `evaluation.*` tags), as printed lines."""
+def _protocol(runs: pd.DataFrame, table: pd.DataFrame | None = None) -> list[str]:
+    """The evaluation protocol the runs were scored under (their `evaluation.*` tags), as printed lines: the
+    baseline's where configurations differ (the others are named under the table)."""
     from evaluation.protocol import protocol_lines
 
+    if table is not None and "baseline" in table.columns and table["baseline"].fillna(False).astype(bool).any():
+        base = str(table[table["baseline"].fillna(False).astype(bool)].iloc[0]["protocol"])
+        if base and base != MIXED_PROTOCOL:
+            return base.split("\n")
     columns = [c for c in runs.columns if c.startswith("tags.evaluation.")]
     if not columns or runs.empty:
         return []

@@ -205,3 +205,44 @@ def test_variants_group_by_their_tag_and_only_the_studys_recipe_gets_its_numbers
 def test_a_recipe_param_older_runs_did_not_log_counts_as_the_studys():
     assert report._is_default(float("nan"), "epsilon") and report._is_default(None, "epsilon")
     assert report._is_default("epsilon", "epsilon") and not report._is_default("v_prediction", "epsilon")
+
+
+def test_a_configuration_scored_under_another_protocol_gets_no_difference_and_its_own_ceiling(
+    tmp_path: Path, monkeypatch
+):
+    """`data.level=fixed` changes the scorer's preprocessing of real and generated clips alike (found by the CPU
+    study): its FD is on another scale, so a paired difference from a peak-normalized baseline would mix the
+    recipe's effect with the protocol's. The report names the difference and compares it with its own ceiling."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    experiment = client.create_experiment("protocols", artifact_location=str(tmp_path / "artifacts"))
+    parent = client.create_run(experiment, run_name="sweep").info.run_id
+    peak, as_decoded = "decoded at 22050 Hz, peak-normalized to 0.9", "decoded at 22050 Hz, level as decoded"
+    logged = {"l2": (peak, [2.0, 2.4, 1.8], 0.5), "l1": (peak, [1.5, 2.1, 1.4], 0.5),
+              "level_fixed": (as_decoded, [3.0, 3.5, 2.9], 0.8)}  # fmt: skip
+    for variant, (preprocessing, fds, real_fd) in logged.items():
+        for seed, fd in enumerate(fds):
+            tags = {"mlflow.parentRunId": parent, "variant": variant, "sweep.axes": json.dumps(["variant"]),
+                    "evaluation.preprocessing": preprocessing, "evaluation.classes": "36"}  # fmt: skip
+            run_id = client.create_run(experiment, tags=tags).info.run_id
+            client.log_param(run_id, "seed", seed)
+            client.log_metric(run_id, "eval/fd_esc", fd)
+            client.log_metric(run_id, "ceiling/real_fd_esc", real_fd)
+            client.log_metric(run_id, "eval/repr_fd_esc", real_fd + 0.1)
+            client.set_terminated(run_id)
+    client.log_metric(parent, "real_fd_esc", 0.5)
+    files = report.write_report("protocols", tmp_path / "out", parent, baseline="variant=l2")
+    table = files.table.set_index("configuration")
+    assert table.at["variant=l1", "fd_esc_diff"] == pytest.approx(statistics.mean([-0.5, -0.3, -0.4]))
+    assert not table.at["variant=level_fixed", "comparable"] and table.at["variant=l1", "comparable"]
+    assert pd.isna(table.at["variant=level_fixed", "fd_esc_diff"])
+    markdown = files.markdown.read_text()
+    assert f"Preprocessing (real and generated alike): {peak}." in markdown.split("|")[0]  # the baseline's, on top
+    assert f"- variant=level_fixed: Preprocessing (real and generated alike): {as_decoded}." in markdown
+    assert "| variant=level_fixed | 0 | – (another protocol) |" in markdown
+    assert "| real data, scored as for variant=level_fixed | 0.8 |" in markdown
