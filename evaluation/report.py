@@ -480,10 +480,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _check_parent_artifacts_reachable(parent_run_id: str) -> None:
+    """A sweep's runs keep their artifacts behind its MLflow server (`mlflow-artifacts:`); reading the store
+    directly (a SQLite URI) can find the run but not write its artifacts: say so before any work."""
+    import mlflow
+
+    try:
+        artifact_uri = mlflow.tracking.MlflowClient().get_run(parent_run_id).info.artifact_uri or ""
+    except Exception as error:
+        raise UserError(f"--parent {parent_run_id}: no such run at {mlflow.get_tracking_uri()} ({error})") from None
+    if artifact_uri.startswith("mlflow-artifacts:") and not mlflow.get_tracking_uri().startswith(("http:", "https:")):
+        raise UserError(
+            f"--log-to-parent: run {parent_run_id} keeps its artifacts behind an MLflow server ({artifact_uri}); "
+            "give --tracking-uri http://HOST:PORT of a server over this store (mlflow server --backend-store-uri ...)"
+        )
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     configure_tracking(args.tracking_uri, will_write=args.log_to_parent)
+    if args.log_to_parent and args.parent:
+        _check_parent_artifacts_reachable(args.parent)
     out = Path(args.out or Path("outputs") / "reports" / args.experiment)
     files = write_report(args.experiment, out, args.parent, args.baseline)
     if args.log_to_parent and args.parent:

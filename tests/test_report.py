@@ -119,6 +119,26 @@ def test_cli_logs_the_report_to_the_parent_run(store, tmp_path: Path, capsys):
     assert logged == {"report.md", "report.csv", "report.png"}
 
 
+def test_logging_to_a_parent_whose_artifacts_are_served_needs_the_server(tmp_path: Path, monkeypatch, capsys):
+    """A sweep's parent run keeps its artifacts behind the sweep's server (mlflow-artifacts:): through the SQLite
+    store alone MLflow cannot write them, and the report says so in one line before any work."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    experiment = MlflowClient().create_experiment("served", artifact_location="mlflow-artifacts:/1")
+    parent = MlflowClient().create_run(experiment).info.run_id
+    with pytest.raises(SystemExit) as exit_info:
+        report.main(["--experiment", "served", "--parent", parent, "--tracking-uri", uri,
+                     "--out", str(tmp_path / "cli"), "--log-to-parent"])  # fmt: skip
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]  # (not MLflow's INFO)
+    assert len(errors) == 1 and "give --tracking-uri http://HOST:PORT" in errors[0], errors
+    assert not (tmp_path / "cli").exists()  # refused before the report was written
+
+
 def test_unknown_experiment_exits_2(store, capsys):
     uri, _ = store
     with pytest.raises(SystemExit) as exit_info:
