@@ -196,7 +196,9 @@ def _add_differences(table: pd.DataFrame, per_seed: list[dict], metrics: list[st
     """
     table["baseline"] = table.index == baseline
     base_protocol = table.at[baseline, "protocol"]
-    table["comparable"] = (table["protocol"] == base_protocol) & (base_protocol != MIXED_PROTOCOL)
+    # A baseline whose own seeds were scored differently has no one scale to hold others to: every difference
+    # is computed, and the report warns that they may mix protocols (`_other_protocols`).
+    table["comparable"] = (table["protocol"] == base_protocol) | (base_protocol == MIXED_PROTOCOL)
     for metric in metrics:
         differences = [
             paired_difference(seeds[metric], per_seed[baseline][metric]) if comparable else (math.nan,) * 3 + (0,)
@@ -303,9 +305,15 @@ def to_markdown(table: pd.DataFrame, protocol: list[str] | None = None) -> str:
 
 def _other_protocols(configurations: pd.DataFrame) -> str:
     """What differs for configurations not scored like the baseline (the protocol printed above is the baseline's)."""
-    if "comparable" not in configurations.columns or configurations["comparable"].astype(bool).all():
+    if "comparable" not in configurations.columns:
         return ""
     base = configurations[configurations["baseline"].astype(bool)].iloc[0]
+    if base["protocol"] == MIXED_PROTOCOL:
+        return (f"**Warning: the baseline's runs ({base['configuration']}) were scored under different protocols** "
+                "(their `evaluation.*` tags differ): its differences from other configurations may mix the "
+                "protocols' effects with the recipes'.")  # fmt: skip
+    if configurations["comparable"].astype(bool).all():
+        return ""
     base_lines = set(str(base["protocol"]).split("\n"))
     lines = ["**Scored under another protocol than the baseline** (the protocol above is the baseline's): these "
              "configurations' numbers are on another scale, so no difference from the baseline is computed; compare "
@@ -314,8 +322,13 @@ def _other_protocols(configurations: pd.DataFrame) -> str:
         if row["protocol"] == MIXED_PROTOCOL:
             lines.append(f"- {row['configuration']}: its runs were scored under different protocols")
             continue
+        if not row["protocol"]:
+            lines.append(f"- {row['configuration']}: its runs carry no protocol tags (scored by an older version)")
+            continue
         differing = [line for line in str(row["protocol"]).split("\n") if line not in base_lines]
-        lines.append(f"- {row['configuration']}: " + " ".join(differing or ["(untagged)"]))
+        lines.append(
+            f"- {row['configuration']}: " + " ".join(differing or ["a protocol line of the baseline's is missing"])
+        )
     return "\n".join(lines)
 
 
@@ -443,7 +456,9 @@ def write_report(
     files = ReportFiles(out / "report.md", out / "report.csv", out / "report.png", table)
     title = f"# Results: {experiment}" + (f" (sweep run {parent_run_id})" if parent_run_id else "") + "\n\n"
     write_text_atomic(files.markdown, title + to_markdown(table, _protocol(runs, table)))
-    write_text_atomic(files.csv, table.to_csv(index=False))
+    # The protocol's lines joined on one line: a row of the CSV stays one line (for grep, wc, spreadsheets).
+    flat = table.assign(protocol=table["protocol"].str.replace("\n", " / ")) if "protocol" in table else table
+    write_text_atomic(files.csv, flat.to_csv(index=False))
     plot(table, files.figure)
     return files
 

@@ -119,6 +119,30 @@ def test_cli_logs_the_report_to_the_parent_run(store, tmp_path: Path, capsys):
     assert logged == {"report.md", "report.csv", "report.png"}
 
 
+def test_a_baseline_scored_under_two_protocols_keeps_its_differences_and_is_named(tmp_path: Path, monkeypatch):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    experiment = client.create_experiment("mixed", artifact_location=str(tmp_path / "artifacts"))
+    parent = client.create_run(experiment, run_name="sweep").info.run_id
+    for variant, fds in {"l2": [2.0, 2.4], "l1": [1.5, 2.1]}.items():
+        for seed, fd in enumerate(fds):
+            preprocessing = "level as decoded" if (variant, seed) == ("l2", 1) else "peak-normalized"
+            tags = {"mlflow.parentRunId": parent, "variant": variant, "sweep.axes": json.dumps(["variant"]),
+                    "evaluation.preprocessing": preprocessing}  # fmt: skip
+            run_id = client.create_run(experiment, tags=tags).info.run_id
+            client.log_param(run_id, "seed", seed)
+            client.log_metric(run_id, "eval/fd_esc", fd)
+    files = report.write_report("mixed", tmp_path / "out", parent, baseline="variant=l2")
+    table = files.table.set_index("configuration")
+    assert table.at["variant=l1", "fd_esc_diff"] == pytest.approx(-0.4)
+    assert "the baseline's runs (variant=l2) were scored under different protocols" in files.markdown.read_text()
+
+
 def test_logging_to_a_parent_whose_artifacts_are_served_needs_the_server(tmp_path: Path, monkeypatch, capsys):
     """A sweep's parent run keeps its artifacts behind the sweep's server (mlflow-artifacts:): through the SQLite
     store alone MLflow cannot write them, and the report says so in one line before any work."""
@@ -266,3 +290,4 @@ def test_a_configuration_scored_under_another_protocol_gets_no_difference_and_it
     assert f"- variant=level_fixed: Preprocessing (real and generated alike): {as_decoded}." in markdown
     assert "| variant=level_fixed | 0 | – (another protocol) |" in markdown
     assert "| real data, scored as for variant=level_fixed | 0.8 |" in markdown
+    assert len(files.csv.read_text().splitlines()) == 1 + 3 + 1  # one line per configuration, and the ceiling
