@@ -172,15 +172,3 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     if left:
         print(f"\ntests left files in the checkout {REPO}: {', '.join(left)}")
         session.exitstatus = 1
-
-
-def pytest_collection_modifyitems(session, config, items) -> None:
-    """Files holding end-to-end (`slow`) tests run first, then the quick ones.
-
-    `make test` hands whole files to two xdist workers in collection order, as each worker frees up. The
-    slow files (servers, Ray, subprocesses: minutes each) used to come last, so one worker ran the final one
-    alone while the other sat idle; started first, they are spread over both workers and the quick files
-    fill in the end. Within a file the order is kept (sorting is stable).
-    """
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
