@@ -455,7 +455,7 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     files = ReportFiles(out / "report.md", out / "report.csv", out / "report.png", table)
     title = f"# Results: {experiment}" + (f" (sweep run {parent_run_id})" if parent_run_id else "") + "\n\n"
-    write_text_atomic(files.markdown, title + to_markdown(table, _protocol(runs, table)))
+    write_text_atomic(files.markdown, title + to_markdown(table, _protocol(table)))
     # The protocol's lines joined on one line: a row of the CSV stays one line (for grep, wc, spreadsheets).
     flat = table.assign(protocol=table["protocol"].str.replace("\n", " / ")) if "protocol" in table else table
     write_text_atomic(files.csv, flat.to_csv(index=False))
@@ -463,24 +463,15 @@ def write_report(
     return files
 
 
-def _protocol(runs: pd.DataFrame, table: pd.DataFrame | None = None) -> list[str]:
-    """The evaluation protocol the runs were scored under (their `evaluation.*` tags), as printed lines: the
-    baseline's where configurations differ (the others are named under the table)."""
-    from evaluation.protocol import protocol_lines
-
-    if table is not None and "baseline" in table.columns and table["baseline"].fillna(False).astype(bool).any():
-        base = str(table[table["baseline"].fillna(False).astype(bool)].iloc[0]["protocol"])
-        if base and base != MIXED_PROTOCOL:
-            return base.split("\n")
-    columns = [c for c in runs.columns if c.startswith("tags.evaluation.")]
-    if not columns or runs.empty:
+def _protocol(table: pd.DataFrame) -> list[str]:
+    """The protocol printed above the table: the baseline's (the others are named under the table), else the
+    first configuration's that has one (as `summarize` found them)."""
+    if "protocol" not in table.columns:
         return []
-    tagged = runs[columns].dropna(how="all")
-    if tagged.empty:
-        return []
-    first = tagged.iloc[0]
-    tags = {c[len("tags.") :]: str(first[c]) for c in columns if pd.notna(first[c])}
-    return protocol_lines(tags)
+    first = table[table["baseline"].fillna(False).astype(bool)] if "baseline" in table.columns else table.iloc[:0]
+    texts = [*first["protocol"], *table["protocol"]]
+    texts = [text for text in texts if isinstance(text, str) and text and text != MIXED_PROTOCOL]
+    return texts[0].split("\n") if texts else []
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -20,6 +20,21 @@ LOGGED = {
 }
 
 
+def new_store(tmp_path: Path, monkeypatch, experiment_name: str, artifact_location: str = ""):
+    """A fresh SQLite store with one experiment and a parent run: (client, experiment id, parent run id)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    experiment = client.create_experiment(
+        experiment_name, artifact_location=artifact_location or str(tmp_path / "artifacts")
+    )
+    return client, experiment, client.create_run(experiment, run_name="sweep").info.run_id
+
+
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch) -> tuple[str, str]:
     """A sqlite store holding a parent run, its children above, one unrelated run, and a real-data ceiling."""
@@ -120,15 +135,7 @@ def test_cli_logs_the_report_to_the_parent_run(store, tmp_path: Path, capsys):
 
 
 def test_a_baseline_scored_under_two_protocols_keeps_its_differences_and_is_named(tmp_path: Path, monkeypatch):
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient()
-    experiment = client.create_experiment("mixed", artifact_location=str(tmp_path / "artifacts"))
-    parent = client.create_run(experiment, run_name="sweep").info.run_id
+    client, experiment, parent = new_store(tmp_path, monkeypatch, "mixed")
     for variant, fds in {"l2": [2.0, 2.4], "l1": [1.5, 2.1]}.items():
         for seed, fd in enumerate(fds):
             preprocessing = "level as decoded" if (variant, seed) == ("l2", 1) else "peak-normalized"
@@ -146,14 +153,8 @@ def test_a_baseline_scored_under_two_protocols_keeps_its_differences_and_is_name
 def test_logging_to_a_parent_whose_artifacts_are_served_needs_the_server(tmp_path: Path, monkeypatch, capsys):
     """A sweep's parent run keeps its artifacts behind the sweep's server (mlflow-artifacts:): through the SQLite
     store alone MLflow cannot write them, and the report says so in one line before any work."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
+    _, _, parent = new_store(tmp_path, monkeypatch, "served", artifact_location="mlflow-artifacts:/1")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    experiment = MlflowClient().create_experiment("served", artifact_location="mlflow-artifacts:/1")
-    parent = MlflowClient().create_run(experiment).info.run_id
     with pytest.raises(SystemExit) as exit_info:
         report.main(["--experiment", "served", "--parent", parent, "--tracking-uri", uri,
                      "--out", str(tmp_path / "cli"), "--log-to-parent"])  # fmt: skip
@@ -257,15 +258,7 @@ def test_a_configuration_scored_under_another_protocol_gets_no_difference_and_it
     """`data.level=fixed` changes the scorer's preprocessing of real and generated clips alike (found by the CPU
     study): its FD is on another scale, so a paired difference from a peak-normalized baseline would mix the
     recipe's effect with the protocol's. The report names the difference and compares it with its own ceiling."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient()
-    experiment = client.create_experiment("protocols", artifact_location=str(tmp_path / "artifacts"))
-    parent = client.create_run(experiment, run_name="sweep").info.run_id
+    client, experiment, parent = new_store(tmp_path, monkeypatch, "protocols")
     peak, as_decoded = "decoded at 22050 Hz, peak-normalized to 0.9", "decoded at 22050 Hz, level as decoded"
     logged = {"l2": (peak, [2.0, 2.4, 1.8], 0.5), "l1": (peak, [1.5, 2.1, 1.4], 0.5),
               "level_fixed": (as_decoded, [3.0, 3.5, 2.9], 0.8)}  # fmt: skip
